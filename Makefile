@@ -1,0 +1,29 @@
+# Two entry points: `make demo` (deploy to a throwaway local systemd host) and `make test`.
+# Both install what they need on a fresh Debian machine (run as root).
+
+VENV ?= .venv
+PYTHON ?= python3
+STAMPS := .stamps
+# systemd-nspawn test hosts (debootstrap tree, socat bridge), psycopg2's build, ssh client.
+APT_PACKAGES := systemd-container debootstrap socat zstd openssh-client libpq-dev gcc \
+	python3-venv
+
+.PHONY: test deps demo clean-cache
+
+test: deps
+	$(VENV)/bin/pytest
+
+deps: $(STAMPS)/apt $(STAMPS)/venv
+
+$(STAMPS)/apt:
+	mkdir -p $(STAMPS)
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(APT_PACKAGES)
+	touch $@
+
+$(STAMPS)/venv: pyproject.toml
+	mkdir -p $(STAMPS)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@

@@ -1,0 +1,337 @@
+"""Turn ``Settings`` into a worker plan: every process, its listeners and the shared worker config.
+
+Pure: no pyinfra imports. ``build_plan`` also enforces what Synapse itself does not check
+(synapse-workers.md §3.4): unique ports across every listener on a machine, ports in range, and
+every name that a shared setting references belongs to a planned worker.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Final
+
+from deploys.settings import Settings, SettingsError, WorkerEntry, problem
+from deploys.worker_types import (
+    STREAM_WRITER,
+    STREAM_WRITER_PORT_KEYS,
+    STREAMS,
+    STREAMS_BY_NAME,
+    WORKER_TYPES,
+    WORKER_TYPES_BY_KEY,
+    SharedRole,
+    Stream,
+    WorkerType,
+)
+
+MAIN: Final = "main"
+MAIN_UNIT: Final = "matrix-synapse.service"
+WORKER_UNIT_TEMPLATE: Final = "matrix-synapse-worker@.service"
+TARGET_UNIT: Final = "matrix-synapse.target"
+LOWEST_PORT: Final = 1024  # Synapse runs unprivileged
+MAX_PORT_PROBLEMS: Final = 10
+
+
+def worker_unit(name: str) -> str:
+    return f"matrix-synapse-worker@{name}.service"
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One listening socket of one process.
+
+    ``purpose`` is ``http`` (client/federation/media), ``replication`` or ``metrics``;
+    ``source`` is the setting the port came from, so a collision names what to change.
+    """
+
+    purpose: str
+    port: int
+    bind_addresses: tuple[str, ...]
+    resources: tuple[str, ...]
+    x_forwarded: bool
+    source: str
+
+    @property
+    def synapse_type(self) -> str:
+        return "metrics" if self.purpose == "metrics" else "http"
+
+
+@dataclass(frozen=True)
+class Process:
+    """The main process or one worker, on one machine."""
+
+    name: str
+    worker_type: WorkerType | None  # None for main
+    machine: str
+    listeners: tuple[Listener, ...]
+    stream: Stream | None = None
+    media: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.worker_type is None
+
+    @property
+    def unit(self) -> str:
+        return MAIN_UNIT if self.is_main else worker_unit(self.name)
+
+    @property
+    def app(self) -> str | None:
+        return None if self.worker_type is None else self.worker_type.app
+
+    def listener(self, purpose: str) -> Listener | None:
+        return next((x for x in self.listeners if x.purpose == purpose), None)
+
+
+@dataclass(frozen=True)
+class SharedWorkerConfig:
+    """The settings every process reads to know which process does what."""
+
+    instance_map: Mapping[str, tuple[str, int]]
+    stream_writers: Mapping[str, tuple[str, ...]]
+    federation_sender_instances: tuple[str, ...]
+    pusher_instances: tuple[str, ...]
+    run_background_tasks_on: str | None
+    notify_appservices_from_worker: str | None
+    update_user_directory_from_worker: str | None
+    media_instance_running_background_jobs: str | None
+    enable_media_repo: bool
+
+    def referenced_names(self) -> set[str]:
+        names = set(self.instance_map) - {MAIN}
+        for writers in self.stream_writers.values():
+            names.update(writers)
+        names.update(self.federation_sender_instances, self.pusher_instances)
+        singles = (self.run_background_tasks_on, self.notify_appservices_from_worker,
+                   self.update_user_directory_from_worker,
+                   self.media_instance_running_background_jobs)  # fmt: skip
+        names.update(n for n in singles if n)
+        return names
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    main: Process
+    workers: tuple[Process, ...]
+    shared: SharedWorkerConfig
+
+    @property
+    def processes(self) -> tuple[Process, ...]:
+        return (self.main, *self.workers)
+
+    def worker(self, name: str) -> Process:
+        return next(w for w in self.workers if w.name == name)
+
+    def database_connections(self, settings: Settings) -> int:
+        """Upper bound of PostgreSQL connections the pools may open together."""
+        db = settings.database
+        return db.main_cp_max + len(self.workers) * db.workers_cp_max
+
+
+def build_plan(settings: Settings, machine: str) -> WorkerPlan:
+    """Plan the main process and every worker on ``machine``.
+
+    Args:
+        settings: validated settings.
+        machine: the inventory name of the host the processes run on.
+
+    Returns:
+        The plan.
+
+    Raises:
+        SettingsError: a port out of range or two listeners on one port, naming the settings.
+    """
+    main = _main_process(settings, machine)
+    workers = tuple(_workers(settings, machine))
+    _check_ports((main, *workers))
+    shared = _shared_config(settings, main, workers)
+    missing = shared.referenced_names() - {w.name for w in workers}
+    if missing:  # a bug in this module, not bad input: every name comes from the worker list
+        raise AssertionError(f"shared config names unplanned workers: {sorted(missing)}")
+    return WorkerPlan(main, workers, shared)
+
+
+def _main_process(settings: Settings, machine: str) -> Process:
+    listeners = [Listener("http", settings.http_port, settings.bind_addresses,
+                          ("client", "federation"), settings.x_forwarded,
+                          "matrix_synapse_http_port")]  # fmt: skip
+    if settings.workers.enabled:
+        listeners.append(Listener("replication", settings.replication_port,
+                                  settings.replication_bind_addresses, ("replication",), False,
+                                  "matrix_synapse_replication_http_port"))  # fmt: skip
+    if settings.metrics_enabled:
+        listeners.append(Listener("metrics", settings.metrics_port,
+                                  settings.metrics_bind_addresses, (), False,
+                                  "matrix_synapse_metrics_port"))  # fmt: skip
+    return Process(MAIN, None, machine, tuple(listeners))
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """A worker before listeners are built: where each of its ports comes from."""
+
+    name: str
+    worker_type: WorkerType
+    stream: Stream | None
+    ports: Mapping[str, tuple[int | None, str]]  # purpose -> (port, source setting)
+
+
+def _workers(settings: Settings, machine: str) -> Iterator[Process]:
+    w = settings.workers
+    if not w.enabled:
+        return
+    specs = _specs_from_list(w.enabled_list) if w.enabled_list else _specs_from_counts(settings)
+    problems: list[str] = []
+    processes = [_process(settings, machine, spec, problems) for spec in specs]
+    if problems:
+        raise SettingsError(problems)
+    yield from processes
+
+
+def _specs_from_counts(settings: Settings) -> Iterator[_Spec]:
+    w = settings.workers
+    starts = w.port_starts
+
+    def port(key: str | None, index: int) -> tuple[int | None, str]:
+        return (None, "") if key is None else (starts[key] + index, key)
+
+    for t in WORKER_TYPES:
+        if t.key == "federation_sender":  # matrix-docker-ansible-deploy's order
+            yield from _stream_writer_specs(w.stream_counts, port)
+        for index in range(w.counts[t.key]):
+            yield _Spec(f"{t.name_prefix}-{index}", t, None,
+                        {"http": port(t.http_port_key, index),
+                         "metrics": port(t.metrics_port_key, index)})  # fmt: skip
+
+
+def _stream_writer_specs(stream_counts: Mapping[str, int], port) -> Iterator[_Spec]:  # noqa: ANN001
+    # One global index over all streams, in the fixed stream order, names and ports follow it.
+    index = 0
+    for stream in STREAMS:
+        for _ in range(stream_counts[stream.name]):
+            yield _Spec(
+                f"stream-writer-{index}-{stream.name.replace('_', '-')}", STREAM_WRITER, stream,
+                {"http": port(STREAM_WRITER_PORT_KEYS["http"], index) if stream.webserving
+                 else (None, ""),
+                 "replication": port(STREAM_WRITER_PORT_KEYS["replication"], index),
+                 "metrics": port(STREAM_WRITER_PORT_KEYS["metrics"], index)},
+            )  # fmt: skip
+            index += 1
+
+
+def _specs_from_list(entries: tuple[WorkerEntry, ...]) -> Iterator[_Spec]:
+    key = "matrix_synapse_workers_enabled_list"
+    for index, e in enumerate(entries):
+        t = WORKER_TYPES_BY_KEY[e.type_key]
+        source = f"{key}[{index}]"
+        yield _Spec(e.name, t, STREAMS_BY_NAME[e.stream] if e.stream else None,
+                    {"http": (e.http_port, f"{source}.port"),
+                     "replication": (e.replication_port, f"{source}.replication_port"),
+                     "metrics": (e.metrics_port, f"{source}.metrics_port")})  # fmt: skip
+
+
+def _process(settings: Settings, machine: str, spec: _Spec, problems: list[str]) -> Process:
+    t, stream = spec.worker_type, spec.stream
+    media = t.media or bool(stream and stream.media)
+    resources = t.http_resources
+    if stream is not None and not stream.webserving:
+        resources = ()
+    if media and "media" not in resources:
+        resources = ("media", *resources)
+    wanted = {
+        "http": bool(resources),
+        "replication": t is STREAM_WRITER,
+        "metrics": settings.metrics_enabled,
+    }
+    listeners = []
+    for purpose, needed in wanted.items():
+        port, source = spec.ports.get(purpose, (None, ""))
+        if not needed:
+            continue
+        if port is None:
+            problems.append(problem(source or spec.name, port,
+                                    f"worker {spec.name} needs a {purpose} port; allowed: "
+                                    f"an integer from {LOWEST_PORT} to 65535"))  # fmt: skip
+            continue
+        listeners.append(_listener(settings, purpose, port, resources, source))
+    return Process(spec.name, t, machine, tuple(listeners), stream, media)
+
+
+def _listener(settings: Settings, purpose: str, port: int, resources: tuple[str, ...],
+              source: str) -> Listener:  # fmt: skip
+    if purpose == "replication":
+        return Listener(purpose, port, settings.replication_bind_addresses, ("replication",),
+                        False, source)  # fmt: skip
+    if purpose == "metrics":
+        return Listener(purpose, port, settings.metrics_bind_addresses, (), False, source)
+    return Listener(purpose, port, settings.bind_addresses, resources, settings.x_forwarded, source)
+
+
+def _check_ports(processes: tuple[Process, ...]) -> None:
+    problems: list[str] = []
+    owners: dict[tuple[str, int], tuple[Process, Listener]] = {}
+    for process in processes:
+        for listener in process.listeners:
+            if not LOWEST_PORT <= listener.port <= 65535:
+                problems.append(problem(listener.source, listener.port,
+                                        f"{process.name} would get {listener.purpose} port "
+                                        f"{listener.port}; allowed: {LOWEST_PORT} to 65535"))  # fmt: skip
+                continue
+            slot = (process.machine, listener.port)
+            if slot in owners:
+                other, other_listener = owners[slot]
+                problems.append(problem(
+                    listener.source, listener.port,
+                    f"{process.name} ({listener.purpose}) would listen on port {listener.port}, "
+                    f"already taken by {other.name} ({other_listener.purpose}, from "
+                    f"{other_listener.source}); allowed: a port no other listener uses"))  # fmt: skip
+                continue
+            owners[slot] = (process, listener)
+    if len(problems) > MAX_PORT_PROBLEMS:  # one bad range start can collide a thousand times
+        extra = len(problems) - MAX_PORT_PROBLEMS
+        problems = [*problems[:MAX_PORT_PROBLEMS], f"... and {extra} more port problems"]
+    if problems:
+        raise SettingsError(problems)
+
+
+def _connect_address(bind_addresses: tuple[str, ...]) -> str:
+    """The address other processes on the machine use to reach a listener."""
+    address = ipaddress.ip_address(bind_addresses[0])
+    if address.is_unspecified:
+        return "127.0.0.1" if address.version == 4 else "::1"
+    return str(address)
+
+
+def _shared_config(settings: Settings, main: Process,
+                   workers: tuple[Process, ...]) -> SharedWorkerConfig:  # fmt: skip
+    def names(role: SharedRole) -> tuple[str, ...]:
+        return tuple(w.name for w in workers if w.worker_type and w.worker_type.shared_role is role)
+
+    def first(role: SharedRole) -> str | None:
+        return next(iter(names(role)), None)
+
+    instance_map: dict[str, tuple[str, int]] = {}
+    for process in (main, *workers):
+        replication = process.listener("replication")
+        if replication is not None:
+            instance_map[process.name] = (_connect_address(replication.bind_addresses),
+                                          replication.port)  # fmt: skip
+    stream_writers = {
+        s.name: tuple(w.name for w in workers if w.stream is s)
+        for s in STREAMS
+        if any(w.stream is s for w in workers)  # Synapse rejects empty lists (synapse#13804)
+    }
+    media_workers = names(SharedRole.MEDIA)
+    return SharedWorkerConfig(
+        instance_map=MappingProxyType(instance_map if workers else {}),
+        stream_writers=MappingProxyType(stream_writers),
+        federation_sender_instances=names(SharedRole.FEDERATION_SENDER),
+        pusher_instances=names(SharedRole.PUSHER),
+        run_background_tasks_on=first(SharedRole.BACKGROUND),
+        notify_appservices_from_worker=first(SharedRole.APPSERVICE),
+        update_user_directory_from_worker=first(SharedRole.USER_DIRECTORY),
+        media_instance_running_background_jobs=media_workers[0] if media_workers else None,
+        enable_media_repo=not media_workers,
+    )

@@ -1,0 +1,233 @@
+"""Render every file the deploy writes on a host: path -> content, mode, owner, and what a change
+to it means for the services. Pure: templates in, bytes out; nothing here talks to a host.
+"""
+
+from __future__ import annotations
+
+import functools
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import jinja2
+import yaml
+
+from deploys.plan import MAIN, TARGET_UNIT, WORKER_UNIT_TEMPLATE, Process, WorkerPlan
+from deploys.settings import REPO_ROOT, Settings
+
+TEMPLATES_DIR: Final = REPO_ROOT / "templates"
+# A change to a file whose ``restarts`` holds this restarts the main process and every worker.
+EVERY_PROCESS: Final = "*"
+LIMITS_DROPIN: Final = "50-pyinfra-synapse-limits.conf"
+SECRET_NAMES: Final = ("replication", "macaroon", "form", "registration")
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where everything lives on the host, derived from settings."""
+
+    config_dir: str
+    systemd_dir: str
+
+    @property
+    def homeserver(self) -> str:
+        return f"{self.config_dir}/homeserver.yaml"
+
+    @property
+    def conf_d(self) -> str:
+        return f"{self.config_dir}/conf.d"
+
+    @property
+    def shared_workers(self) -> str:
+        return f"{self.conf_d}/workers.yaml"
+
+    @property
+    def workers_dir(self) -> str:
+        return f"{self.config_dir}/workers"
+
+    @property
+    def log_config(self) -> str:
+        return f"{self.config_dir}/log.yaml"
+
+    @property
+    def secrets_dir(self) -> str:
+        return f"{self.config_dir}/secrets"
+
+    @property
+    def signing_key(self) -> str:
+        return f"{self.secrets_dir}/signing.key"
+
+    @property
+    def secrets(self) -> Mapping[str, str]:
+        """Secrets generated once on the host and referenced by ``*_path`` settings."""
+        return {name: f"{self.secrets_dir}/{name}" for name in SECRET_NAMES}
+
+    @property
+    def pgpass(self) -> str:
+        return f"{self.secrets_dir}/database.pgpass"
+
+    def worker_config(self, name: str) -> str:
+        return f"{self.workers_dir}/{name}.yaml"
+
+    def unit(self, unit: str) -> str:
+        return f"{self.systemd_dir}/{unit}"
+
+    def limits_dropin(self, unit: str) -> str:
+        return f"{self.systemd_dir}/{unit}.d/{LIMITS_DROPIN}"
+
+
+def paths_for(settings: Settings) -> Paths:
+    return Paths(settings.config_dir, settings.systemd_dir)
+
+
+@dataclass(frozen=True)
+class DesiredFile:
+    """One file as it must be on the host.
+
+    Attributes:
+        restarts: process names to restart when the file changes (``EVERY_PROCESS`` for all).
+        unit_file: a systemd unit or drop-in; a change needs ``systemctl daemon-reload``.
+        secret: never print its content (diffs and logs mask it).
+    """
+
+    path: str
+    content: bytes = field(repr=False)
+    mode: int
+    owner: str
+    group: str
+    restarts: frozenset[str] = frozenset()
+    unit_file: bool = False
+    secret: bool = False
+
+
+@dataclass(frozen=True)
+class DesiredDirectory:
+    path: str
+    mode: int
+    owner: str
+    group: str
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """Everything the deploy owns on one host."""
+
+    files: Mapping[str, DesiredFile]
+    directories: tuple[DesiredDirectory, ...]
+    # Shell globs of files we own; a match that is not in ``files`` is stale and gets removed.
+    owned_globs: tuple[str, ...]
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["pgpass"] = lambda v: str(v).replace("\\", "\\\\").replace(":", "\\:")
+    return env
+
+
+def render_template(name: str, **context: Any) -> str:
+    return _environment().get_template(name).render(**context)
+
+
+def desired_state(settings: Settings, plan: WorkerPlan) -> DesiredState:
+    """The host's whole desired file set for ``plan``.
+
+    Args:
+        settings: validated settings.
+        plan: the worker plan built from the same settings.
+
+    Returns:
+        Files by path, the directories they live in, and the globs of files we own.
+    """
+    paths = paths_for(settings)
+    context = {"settings": settings, "plan": plan, "paths": paths, "shared": plan.shared,
+               "pgpass": paths.pgpass if settings.database.password else None}  # fmt: skip
+    files: dict[str, DesiredFile] = {}
+
+    def add(path: str, content: str, mode: int = 0o640, owner: str = "root",
+            group: str = settings.group, **kwargs: Any) -> None:  # fmt: skip
+        files[path] = DesiredFile(path, content.encode(), mode, owner, group, **kwargs)
+
+    everyone = frozenset({EVERY_PROCESS})
+    add(paths.homeserver, _homeserver(settings, plan, paths), restarts=everyone)
+    add(paths.shared_workers, render_template("synapse/workers.yaml.j2", **context),
+        restarts=everyone)
+    add(paths.log_config, render_template("synapse/log.yaml.j2", **context), restarts=everyone)
+    if settings.database.password:
+        add(paths.pgpass, render_template("synapse/database.pgpass.j2", db=settings.database),
+            mode=0o600, owner=settings.user, restarts=everyone, secret=True)
+    for worker in plan.workers:
+        add(paths.worker_config(worker.name),
+            render_template("synapse/worker.yaml.j2", worker=worker, **context),
+            restarts=frozenset({worker.name}))
+    _add_units(settings, plan, paths, add)
+    return DesiredState(files, _directories(settings, paths), _owned_globs(paths))
+
+
+def _homeserver(settings: Settings, plan: WorkerPlan, paths: Paths) -> str:
+    extension = ""
+    if settings.configuration_extension:
+        extension = yaml.safe_dump(dict(settings.configuration_extension),
+                                   default_flow_style=False, sort_keys=True).rstrip("\n")  # fmt: skip
+    return render_template("synapse/homeserver.yaml.j2", settings=settings, plan=plan,
+                           paths=paths, extension=extension,
+                           pgpass=paths.pgpass if settings.database.password else None)  # fmt: skip
+
+
+def _add_units(settings: Settings, plan: WorkerPlan, paths: Paths, add: Any) -> None:
+    python = posixpath.join(settings.venv_path, "bin", "python")
+    config_args = f"--config-path={paths.homeserver} --config-path={paths.conf_d}/"
+    writable = " ".join(dict.fromkeys(
+        (settings.data_dir, settings.media_store_path, paths.secrets_dir)))  # fmt: skip
+    unit_context = {"settings": settings, "paths": paths, "python": python,
+                    "config_args": config_args, "writable_paths": writable}  # fmt: skip
+    worker_names = frozenset(w.name for w in plan.workers)
+    units = (
+        ("matrix-synapse.service", frozenset({MAIN})),
+        (WORKER_UNIT_TEMPLATE, worker_names),
+        (TARGET_UNIT, frozenset()),
+    )
+    for unit, restarts in units:
+        add(paths.unit(unit), render_template(f"systemd/{unit}.j2", **unit_context),
+            mode=0o644, group="root", restarts=restarts, unit_file=True)
+    limited: list[tuple[Process, Mapping[str, str]]] = []
+    if settings.main_resource_limits:
+        limited.append((plan.main, settings.main_resource_limits))
+    for worker in plan.workers:
+        limits = settings.workers.resource_limits.get(worker.worker_type.key)  # type: ignore[union-attr]
+        if limits:
+            limited.append((worker, limits))
+    for process, limits in limited:
+        add(paths.limits_dropin(process.unit),
+            render_template("systemd/resource-limits.conf.j2", subject=process.unit,
+                            limits=limits),
+            mode=0o644, group="root", restarts=frozenset({process.name}), unit_file=True)
+
+
+def _directories(settings: Settings, paths: Paths) -> tuple[DesiredDirectory, ...]:
+    user, group = settings.user, settings.group
+    return (
+        DesiredDirectory(paths.config_dir, 0o750, "root", group),
+        DesiredDirectory(paths.conf_d, 0o750, "root", group),
+        DesiredDirectory(paths.workers_dir, 0o750, "root", group),
+        DesiredDirectory(paths.secrets_dir, 0o700, user, group),
+        DesiredDirectory(settings.data_dir, 0o750, user, group),
+        DesiredDirectory(settings.media_store_path, 0o750, user, group),
+    )
+
+
+def _owned_globs(paths: Paths) -> tuple[str, ...]:
+    return (
+        f"{paths.workers_dir}/*.yaml",
+        paths.pgpass,
+        paths.limits_dropin("matrix-synapse.service"),
+        paths.limits_dropin("matrix-synapse-worker@*.service"),
+    )

@@ -1,0 +1,187 @@
+# Defaults for every host. This file is the only home of defaults: override any key in
+# group_data/<group>.py, in the inventory (per host) or with `--data key=value`.
+#
+# Keep this file to plain values (pyinfra turns every module-level name into host data).
+# Worker-plan keys use matrix-docker-ansible-deploy's names so existing variables carry over.
+# Every other key is prefixed `matrix_synapse_`; an unknown `matrix_synapse_*` key stops the run.
+
+# ---------------------------------------------------------------------------------------------
+# Homeserver identity
+# ---------------------------------------------------------------------------------------------
+
+# The homeserver name (the part after ':' in user IDs). Required; there is no sensible default.
+matrix_domain = None
+
+# Public base URL clients use; None lets Synapse derive https://<matrix_domain>/.
+matrix_synapse_public_baseurl = None
+
+# Send anonymous usage statistics to matrix.org.
+matrix_synapse_report_stats = False
+
+# Let anyone register an account (registration_shared_secret always works for admins).
+matrix_synapse_enable_registration = False
+
+# Root log level for main and every worker (logs go to the journal).
+matrix_synapse_log_level = "INFO"
+
+# Extra top-level homeserver.yaml settings passed through verbatim, e.g. {"max_upload_size": "100M"}.
+# Keys that this deploy manages itself (listeners, database, instance_map, ...) are refused.
+matrix_synapse_configuration_extension = {}
+
+# ---------------------------------------------------------------------------------------------
+# Installation and paths
+# ---------------------------------------------------------------------------------------------
+
+# Synapse version installed from PyPI into the virtualenv.
+matrix_synapse_version = "1.163.2"
+
+# Virtualenv the units run `<venv>/bin/python -m synapse.app...` from.
+matrix_synapse_venv_path = "/opt/venvs/matrix-synapse"
+
+# System user and group Synapse runs as; they own its data and can read its config.
+matrix_synapse_user = "matrix-synapse"
+matrix_synapse_group = "matrix-synapse"
+
+# Configuration directory: homeserver.yaml, conf.d/, workers/, secrets/.
+matrix_synapse_config_dir = "/etc/matrix-synapse"
+
+# State directory (working directory of every process) and media store.
+matrix_synapse_data_dir = "/var/lib/matrix-synapse"
+matrix_synapse_media_store_path = "/var/lib/matrix-synapse/media_store"
+
+# Where unit files and drop-ins are written.
+matrix_synapse_systemd_dir = "/etc/systemd/system"
+
+# ---------------------------------------------------------------------------------------------
+# Main process listeners (bind to loopback unless you put Synapse behind a proxy elsewhere)
+# ---------------------------------------------------------------------------------------------
+
+# Client and federation HTTP listener of the main process.
+matrix_synapse_http_port = 8008
+
+# Replication listener of the main process (only when workers are enabled); never make it public.
+matrix_synapse_replication_http_port = 9093
+
+# Prometheus metrics of the main process; workers get their own metrics ports (below).
+matrix_synapse_metrics_enabled = True
+matrix_synapse_metrics_port = 9100
+
+# Addresses the client/federation, replication and metrics listeners of every process bind to.
+matrix_synapse_bind_addresses = ["127.0.0.1"]
+matrix_synapse_replication_bind_addresses = ["127.0.0.1"]
+matrix_synapse_metrics_bind_addresses = ["127.0.0.1"]
+
+# Trust X-Forwarded-For from the reverse proxy in front of the HTTP listeners.
+matrix_synapse_x_forwarded = True
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL (workers need PostgreSQL; SQLite is not offered)
+# ---------------------------------------------------------------------------------------------
+
+matrix_synapse_database_host = "127.0.0.1"
+matrix_synapse_database_port = 5432
+matrix_synapse_database_name = "synapse"
+matrix_synapse_database_user = "synapse"
+
+# Password of the database user, or None for passwordless (peer/trust) authentication.
+# It is written to a 0600 pgpass file, never into a YAML file. Load it from a secret store or an
+# environment variable in your own group_data, never commit it.
+matrix_synapse_database_password = None
+
+# Connection pool per process. Small pools let 130+ workers fit PostgreSQL's max_connections:
+# total = main_cp_max + workers * workers_cp_max (+ a few per process).
+matrix_synapse_database_cp_min = 1
+matrix_synapse_database_main_cp_max = 10
+matrix_synapse_database_workers_cp_max = 3
+
+# ---------------------------------------------------------------------------------------------
+# Redis (the replication bus; always enabled)
+# ---------------------------------------------------------------------------------------------
+
+matrix_synapse_redis_host = "127.0.0.1"
+matrix_synapse_redis_port = 6379
+# A unix socket path instead of host/port, e.g. "/run/redis/redis-server.sock".
+matrix_synapse_redis_path = None
+matrix_synapse_redis_dbid = 0
+
+# ---------------------------------------------------------------------------------------------
+# systemd resource limits
+# ---------------------------------------------------------------------------------------------
+
+# Limits for the main process, as systemd [Service] directives, e.g. {"MemoryMax": "4G"}.
+matrix_synapse_systemd_resource_limits = {}
+
+# Limits per worker type (keys: room, sync, client_reader, federation_reader, generic,
+# stream_writer, federation_sender, pusher, appservice, user_dir, media_repository,
+# background), e.g. {"generic": {"MemoryMax": "1G", "CPUQuota": "50%"}}. Each configured type
+# gets a drop-in per worker.
+matrix_synapse_workers_systemd_resource_limits = {}
+
+# ---------------------------------------------------------------------------------------------
+# Workers (matrix-docker-ansible-deploy's names)
+# ---------------------------------------------------------------------------------------------
+
+matrix_synapse_workers_enabled = False
+
+# One of: little-federation-helper (1 worker), one-of-each (16), specialized-workers (19).
+matrix_synapse_workers_preset = "one-of-each"
+
+# Worker counts. None takes the preset's count; a number overrides it.
+matrix_synapse_workers_room_workers_count = None
+matrix_synapse_workers_sync_workers_count = None
+matrix_synapse_workers_client_reader_workers_count = None
+matrix_synapse_workers_federation_reader_workers_count = None
+matrix_synapse_workers_generic_workers_count = None
+matrix_synapse_workers_federation_sender_workers_count = None
+matrix_synapse_workers_pusher_workers_count = None
+matrix_synapse_workers_appservice_workers_count = None  # at most 1
+matrix_synapse_workers_user_dir_workers_count = None  # at most 1
+matrix_synapse_workers_background_workers_count = None  # at most 1
+matrix_synapse_workers_media_repository_workers_count = None
+
+# Stream writers per stream. typing, to_device, account_data, presence and push_rules take at
+# most 1 (Synapse's rule); the others may be sharded.
+matrix_synapse_workers_stream_writer_events_stream_workers_count = None
+matrix_synapse_workers_stream_writer_typing_stream_workers_count = None
+matrix_synapse_workers_stream_writer_to_device_stream_workers_count = None
+matrix_synapse_workers_stream_writer_account_data_stream_workers_count = None
+matrix_synapse_workers_stream_writer_receipts_stream_workers_count = None
+matrix_synapse_workers_stream_writer_presence_stream_workers_count = None
+matrix_synapse_workers_stream_writer_push_rules_stream_workers_count = None
+matrix_synapse_workers_stream_writer_device_lists_stream_workers_count = None
+matrix_synapse_workers_stream_writer_thread_subscriptions_stream_workers_count = None
+matrix_synapse_workers_stream_writer_quarantined_media_changes_stream_workers_count = None
+
+# First port of each type's block; worker N of a type gets start + N. The defaults are
+# 1,000-wide blocks below 32768 that never collide (matrix-docker-ansible-deploy's collide after
+# 89 generic workers). Any collision between two listeners stops the run before a host is touched.
+matrix_synapse_workers_room_workers_port_range_start = 11000
+matrix_synapse_workers_room_workers_metrics_range_start = 21000
+matrix_synapse_workers_sync_workers_port_range_start = 12000
+matrix_synapse_workers_sync_workers_metrics_range_start = 22000
+matrix_synapse_workers_client_reader_workers_port_range_start = 13000
+matrix_synapse_workers_client_reader_workers_metrics_range_start = 23000
+matrix_synapse_workers_federation_reader_workers_port_range_start = 14000
+matrix_synapse_workers_federation_reader_workers_metrics_range_start = 24000
+matrix_synapse_workers_generic_workers_port_range_start = 15000
+matrix_synapse_workers_generic_workers_metrics_range_start = 25000
+matrix_synapse_workers_stream_writer_workers_http_port_range_start = 16000
+matrix_synapse_workers_stream_writer_workers_replication_port_range_start = 19000
+matrix_synapse_workers_stream_writer_workers_metrics_range_start = 26000
+matrix_synapse_workers_user_dir_workers_port_range_start = 17000
+matrix_synapse_workers_user_dir_workers_metrics_range_start = 27000
+matrix_synapse_workers_media_repository_workers_port_range_start = 18000
+matrix_synapse_workers_media_repository_workers_metrics_range_start = 28000
+matrix_synapse_workers_federation_sender_workers_metrics_range_start = 29000
+matrix_synapse_workers_pusher_workers_metrics_range_start = 30000
+matrix_synapse_workers_appservice_workers_metrics_range_start = 31000
+matrix_synapse_workers_background_workers_metrics_range_start = 31100
+
+# A hand-written worker list replaces the preset and every count above. Entries use
+# matrix-docker-ansible-deploy's fields: name and type are required; port (HTTP),
+# replication_port and stream_writer_stream are required where the type needs them;
+# metrics_port when metrics are enabled; id, app and webserving are accepted. Example:
+#   [{"name": "generic-0", "type": "generic_worker", "port": 15000, "metrics_port": 25000},
+#    {"name": "stream-writer-0-events", "type": "stream_writer", "stream_writer_stream": "events",
+#     "replication_port": 19000, "metrics_port": 26000}]
+matrix_synapse_workers_enabled_list = []
