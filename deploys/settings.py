@@ -144,6 +144,7 @@ class Settings:
     data_dir: str
     media_store_path: str
     systemd_dir: str
+    deploy_lock_timeout: int
     http_port: int
     replication_port: int
     metrics_enabled: bool
@@ -295,6 +296,7 @@ def parse_settings(data: Mapping[str, Any]) -> Settings:
         data_dir=r.path("matrix_synapse_data_dir"),
         media_store_path=r.path("matrix_synapse_media_store_path"),
         systemd_dir=r.path("matrix_synapse_systemd_dir"),
+        deploy_lock_timeout=r.integer("matrix_synapse_deploy_lock_timeout", 0, 86400, 600),
         http_port=r.port("matrix_synapse_http_port"),
         replication_port=r.port("matrix_synapse_replication_http_port"),
         metrics_enabled=r.boolean("matrix_synapse_metrics_enabled"),

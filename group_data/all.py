@@ -52,6 +52,9 @@ matrix_synapse_media_store_path = "/var/lib/matrix-synapse/media_store"
 # Where unit files and drop-ins are written.
 matrix_synapse_systemd_dir = "/etc/systemd/system"
 
+# Seconds a deploy waits for another deploy of the same host (host lock) before failing.
+matrix_synapse_deploy_lock_timeout = 600
+
 # ---------------------------------------------------------------------------------------------
 # Main process listeners (bind to loopback unless you put Synapse behind a proxy elsewhere)
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,31 @@
+"""Component deploy: Synapse's configuration, worker files, units and services."""
+
+from __future__ import annotations
+
+from pyinfra.api import deploy
+
+from deploys.operations import apply_desired_state
+from deploys.plan import WorkerPlan
+from deploys.render import desired_state, paths_for
+from deploys.settings import Settings
+
+
+@deploy("Configure Synapse and its workers")
+def configure_synapse(settings: Settings, plan: WorkerPlan) -> None:
+    """
+    Ship every config file, worker file and unit, remove workers no longer planned, and start or
+    restart exactly the processes whose configuration changed.
+
+    + settings: validated settings (``deploys.settings.parse_settings``)
+    + plan: the worker plan built from them
+    """
+    apply_desired_state(
+        name=f"Ship Synapse config, units and {len(plan.workers)} workers",
+        desired=desired_state(settings, plan),
+        planned_workers=[w.name for w in plan.workers],
+        secrets=list(paths_for(settings).secrets.values()),
+        account=(settings.user, settings.group, settings.data_dir),
+        config_dir=settings.config_dir,
+        systemd_dir=settings.systemd_dir,
+        lock_timeout=settings.deploy_lock_timeout,
+    )

@@ -1,0 +1,123 @@
+"""Facts that read everything pyinfra-synapse manages on a host in one remote command each."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from pyinfra.api import FactBase, QuoteString, StringCommand
+from typing_extensions import override
+
+from deploys.drift import HostState, RemoteFile
+from deploys.services import UnitState
+
+_SHA_LINE = re.compile(r"^([0-9a-f]{64})  (/.*)$")
+CONTENT_MARKER = "@@pyinfra-synapse-file@@"
+
+
+class SynapseHostState(FactBase[HostState]):
+    """
+    Returns the sha256, mode and owner of every file under the Synapse config directory and of
+    every ``matrix-synapse*`` unit file and drop-in, the mode and owner of the given directories,
+    and the load/active/enabled state and main PID of every ``matrix-synapse*`` unit, in one
+    command whatever the number of workers.
+
+    + config_dir: Synapse's configuration directory
+    + systemd_dir: directory holding the unit files
+    + directories: directories whose mode and owner to report
+
+    .. code:: python
+
+        host.get_fact(SynapseHostState, config_dir="/etc/matrix-synapse",
+                      systemd_dir="/etc/systemd/system", directories=["/var/lib/matrix-synapse"])
+    """
+
+    default = HostState
+
+    @override
+    def command(self, config_dir: str, systemd_dir: str,
+                directories: Sequence[str] = ()) -> StringCommand:  # fmt: skip
+        ours = f"{systemd_dir.rstrip('/')}/matrix-synapse*"
+        return StringCommand(
+            "for d in", *[QuoteString(d) for d in directories] or ["''"], "; do",
+            '[ -d "$d" ] && stat -c "D %a %U %G %n" "$d"; done;',
+            "find", QuoteString(config_dir), QuoteString(systemd_dir), "-maxdepth 3",
+            "\\(", "-path", QuoteString(config_dir + "/*"), "-o", "-path", QuoteString(ours),
+            "\\)", "-type f", "-printf", QuoteString("F %m %u %g %p\\n"),
+            "-exec sha256sum {} + 2>/dev/null;",
+            "find", QuoteString(systemd_dir), "-maxdepth 2", "-path", QuoteString("*.wants/matrix-synapse*"),
+            "-printf", QuoteString("W %f\\n"), "2>/dev/null;",
+            "systemctl show --all --property=Id,LoadState,ActiveState,MainPID",
+            QuoteString("matrix-synapse*"), "2>/dev/null | sed 's/^/U /';",
+            "true",
+        )  # fmt: skip
+
+    @override
+    def process(self, output: list[str]) -> HostState:
+        state = HostState()
+        metadata: dict[str, tuple[int, str, str]] = {}
+        digests: dict[str, str] = {}
+        enabled: set[str] = set()
+        unit_props: list[dict[str, str]] = [{}]
+        for line in output:
+            if line.startswith("F "):
+                _, mode, owner, group, path = line.split(" ", 4)
+                metadata[path] = (int(mode, 8), owner, group)
+            elif line.startswith("D "):
+                _, mode, owner, group, path = line.split(" ", 4)
+                state.directories[path] = (int(mode, 8), owner, group)
+            elif line.startswith("W "):
+                enabled.add(line[2:])
+            elif line.startswith("U "):
+                if line.rstrip() == "U":
+                    unit_props.append({})
+                elif "=" in line:
+                    key, value = line[2:].split("=", 1)
+                    unit_props[-1][key] = value
+            elif match := _SHA_LINE.match(line):
+                digests[match.group(2)] = match.group(1)
+        for path, (mode, owner, group) in metadata.items():
+            state.files[path] = RemoteFile(mode, owner, group, digests.get(path))
+        for props in unit_props:
+            if props.get("Id"):
+                state.units[props["Id"]] = UnitState(
+                    props.get("LoadState", "not-found"), props.get("ActiveState", "inactive"),
+                    props["Id"] in enabled, int(props.get("MainPID") or 0))  # fmt: skip
+        for unit in enabled - set(state.units):
+            state.units[unit] = UnitState(enabled=True)
+        return state
+
+
+class FileContents(FactBase[dict[str, list[str]]]):
+    """
+    Returns the lines of several files, read in one command (for diffs). Missing files are absent.
+
+    + paths: files to read
+
+    .. code:: python
+
+        host.get_fact(FileContents, paths=["/etc/matrix-synapse/homeserver.yaml"])
+    """
+
+    default = dict
+
+    @override
+    def command(self, paths: Sequence[str]) -> StringCommand:
+        return StringCommand(
+            "for f in", *[QuoteString(p) for p in paths], "; do",
+            f'[ -f "$f" ] && {{ echo "{CONTENT_MARKER} $f"; cat "$f"; echo; }}; done; true',
+        )  # fmt: skip
+
+    @override
+    def process(self, output: list[str]) -> dict[str, list[str]]:
+        contents: dict[str, list[str]] = {}
+        current: list[str] | None = None
+        for line in output:
+            if line.startswith(CONTENT_MARKER + " "):
+                current = contents.setdefault(line[len(CONTENT_MARKER) + 1 :], [])
+            elif current is not None:
+                current.append(line)
+        for lines in contents.values():
+            if lines and lines[-1] == "":
+                lines.pop()  # the separator echo
+        return contents

@@ -1,0 +1,282 @@
+"""Apply a staged deploy on the host, in one process, under the deploy lock. Standard library only.
+
+The controller (deploys/operations.py) uploads one archive holding this script, deploys/services.py,
+``manifest.json`` and the new or changed files, and runs ``python3 remote_apply.py STAGE``. Here:
+
+1. take the host lock (flock), waiting up to the manifest's timeout, so runs never interleave;
+2. make sure the Synapse user, directories and generated secrets exist (secrets never change);
+3. write every file that differs from the manifest: a temporary file in the same directory with
+   owner and mode set, fsync'd, then renamed over the old one, so a cut never leaves a
+   half-written file; fix mode/owner drift in place;
+4. remove files matching our own naming that the plan no longer has, and disable stale workers
+   (found here, under the lock, not from the controller's earlier read);
+5. run the systemd actions services.plan_service_actions derives from what actually changed.
+
+It prints one JSON summary line prefixed ``pyinfra-synapse:``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import glob
+import grp
+import hashlib
+import json
+import os
+import pwd
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import services  # noqa: E402  (shipped beside this file)
+
+TMP_SUFFIX = ".pyinfra-synapse-tmp"
+
+
+class ApplyError(Exception):
+    pass
+
+
+def main(stage: str) -> int:
+    manifest = json.loads(Path(stage, "manifest.json").read_text())
+    try:
+        with host_lock(manifest["lock_path"], manifest["lock_timeout"]):
+            summary = apply(manifest, Path(stage))
+    except ApplyError as error:
+        print(f"pyinfra-synapse: error: {error}", file=sys.stderr)
+        return 1
+    print("pyinfra-synapse: " + json.dumps(summary, sort_keys=True))
+    return 0
+
+
+@contextlib.contextmanager
+def host_lock(path: str, timeout: float):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a+") as lock:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    lock.seek(0)
+                    holder = lock.read().strip() or "unknown"
+                    raise ApplyError(
+                        f"another pyinfra-synapse deploy holds {path} ({holder}); waited "
+                        f"{timeout:g} s (matrix_synapse_deploy_lock_timeout)"
+                    ) from None
+                time.sleep(0.2)
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
+        lock.flush()
+        try:
+            yield
+        finally:
+            lock.truncate(0)
+
+
+def apply(manifest: dict[str, Any], stage: Path) -> dict[str, Any]:
+    ensure_account(manifest["user"], manifest["group"], manifest["home"])
+    for directory in manifest["directories"]:
+        ensure_directory(**directory)
+    generated = [p for p in manifest["secrets"] if ensure_secret(p, manifest["user"],
+                                                                 manifest["group"])]  # fmt: skip
+    changes: list[services.Change] = []
+    for entry in manifest["files"]:
+        change = install_file(entry, stage)
+        if change is not None:
+            changes.append(change)
+    removed = remove_stale_files(manifest)
+    changes += [services.Change(p, frozenset(r), u) for p, r, u in removed]
+    units = unit_states(manifest["systemd_dir"], manifest["planned_workers"])
+    actions = services.plan_service_actions(changes, manifest["planned_workers"], units)
+    run_actions(actions, manifest["systemd_dir"])
+    return {
+        "changed": sorted(c.path for c in changes),
+        "generated_secrets": generated,
+        "stopped": list(actions.stop),
+        "disabled": list(actions.disable),
+        "daemon_reload": actions.daemon_reload,
+        "enabled": list(actions.enable),
+        "restarted": (["matrix-synapse.service"] if actions.restart_main else [])
+        + list(actions.restart_workers),
+        "started": (["matrix-synapse.service"] if actions.start_main else []) + list(actions.start),
+    }
+
+
+def ensure_account(user: str, group: str, home: str) -> None:
+    try:
+        grp.getgrnam(group)
+    except KeyError:
+        run(["groupadd", "--system", group])
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        run(["useradd", "--system", "--gid", group, "--home-dir", home, "--no-create-home",
+             "--shell", "/usr/sbin/nologin", user])  # fmt: skip
+
+
+def ids(owner: str, group: str) -> tuple[int, int]:
+    return pwd.getpwnam(owner).pw_uid, grp.getgrnam(group).gr_gid
+
+
+def ensure_directory(path: str, mode: int, owner: str, group: str) -> None:
+    os.makedirs(path, exist_ok=True)
+    uid, gid = ids(owner, group)
+    st = os.stat(path)
+    if (st.st_uid, st.st_gid) != (uid, gid):
+        os.chown(path, uid, gid)
+    if st.st_mode & 0o7777 != mode:
+        os.chmod(path, mode)
+
+
+def ensure_secret(path: str, owner: str, group: str) -> bool:
+    """Generate a secret once; an existing one is never replaced (sessions and tokens rely on it)."""
+    if os.path.exists(path) and os.path.getsize(path) > 0:
+        return False
+    write_atomically(path, (secrets.token_urlsafe(48) + "\n").encode(), 0o600, *ids(owner, group))
+    return True
+
+
+def file_state(path: str) -> tuple[str, int, int, int] | None:
+    try:
+        st = os.stat(path)
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+    except FileNotFoundError:
+        return None
+    return digest, st.st_mode & 0o7777, st.st_uid, st.st_gid
+
+
+def install_file(entry: dict[str, Any], stage: Path) -> services.Change | None:
+    path, mode = entry["path"], entry["mode"]
+    uid, gid = ids(entry["owner"], entry["group"])
+    current = file_state(path)
+    if current == (entry["sha256"], mode, uid, gid):
+        return None
+    if current is not None and current[0] == entry["sha256"]:
+        os.chown(path, uid, gid)  # metadata drift only: fix in place, nothing to restart
+        os.chmod(path, mode)
+        return None
+    if entry["payload"] is None:
+        raise ApplyError(f"{path} changed on the host since it was read; run the deploy again")
+    content = (stage / entry["payload"]).read_bytes()
+    if hashlib.sha256(content).hexdigest() != entry["sha256"]:
+        raise ApplyError(f"staged copy of {path} is corrupt; run the deploy again")
+    write_atomically(path, content, mode, uid, gid)
+    return services.Change(path, frozenset(entry["restarts"]), entry["unit_file"])
+
+
+def write_atomically(path: str, content: bytes, mode: int, uid: int, gid: int) -> None:
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}{TMP_SUFFIX}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+        os.write(fd, content)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def remove_stale_files(manifest: dict[str, Any]) -> list[tuple[str, list[str], bool]]:
+    """Remove owned files the plan no longer has; leftovers of a cut run go too."""
+    wanted = {entry["path"] for entry in manifest["files"]}
+    removed = []
+    for pattern in manifest["owned_globs"]:
+        for path in sorted(glob.glob(pattern)):
+            if path in wanted or not os.path.isfile(path):
+                continue
+            os.unlink(path)
+            name = os.path.basename(path)[: -len(".yaml")] if path.endswith(".yaml") else None
+            unit_file = path.startswith(manifest["systemd_dir"] + "/")
+            removed.append((path, [name] if name and not unit_file else [], unit_file))
+            with contextlib.suppress(OSError):  # an emptied drop-in directory
+                os.rmdir(os.path.dirname(path)) if unit_file else None
+    for directory in {os.path.dirname(e["path"]) for e in manifest["files"]}:
+        for tmp in glob.glob(os.path.join(glob.escape(directory), f".*{TMP_SUFFIX}")):
+            os.unlink(tmp)  # a temporary file left by a cut run; never a live file
+    return removed
+
+
+def unit_states(systemd_dir: str, planned: list[str]) -> dict[str, services.UnitState]:
+    """State of every matrix-synapse* unit loaded or enabled, and of every planned one."""
+    enabled = {os.path.basename(p) for p in glob.glob(f"{systemd_dir}/*.wants/matrix-synapse*")}
+    shown = run(["systemctl", "show", "--all", "--property=Id,LoadState,ActiveState,MainPID",
+                 "matrix-synapse*"]).stdout  # fmt: skip
+    names = set(enabled) | {services.MAIN_UNIT, services.TARGET_UNIT}
+    names |= {services.worker_unit(n) for n in planned}
+    loaded = parse_show(shown)
+    missing = sorted(names - set(loaded))
+    if missing:
+        loaded.update(parse_show(run(["systemctl", "show", "--property=Id,LoadState,ActiveState,"
+                                      "MainPID", *missing]).stdout))  # fmt: skip
+    return {
+        unit: services.UnitState(state.get("LoadState", "not-found"),
+                                 state.get("ActiveState", "inactive"), unit in enabled,
+                                 int(state.get("MainPID", "0") or 0))
+        for unit, state in loaded.items()
+        if unit in names or unit.startswith(services.WORKER_UNIT_PREFIX)
+    }  # fmt: skip
+
+
+def parse_show(output: str) -> dict[str, dict[str, str]]:
+    units: dict[str, dict[str, str]] = {}
+    for block in output.strip().split("\n\n"):
+        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        if props.get("Id"):
+            units[props["Id"]] = props
+    return units
+
+
+def run_actions(actions: services.ServiceActions, systemd_dir: str) -> None:
+    for command in actions.commands():
+        if command[1] == "disable":
+            # Remove the wants links directly: disabling works even when the unit is not-found.
+            for unit in command[3:]:
+                for link in glob.glob(f"{systemd_dir}/*.wants/{glob.escape(unit)}"):
+                    os.unlink(link)
+            continue
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            units = [u for u in command[2:] if u.endswith((".service", ".target"))]
+            raise ApplyError(f"{' '.join(command[:2])} failed: {result.stderr.strip()}\n"
+                             + failure_report(units))  # fmt: skip
+
+
+def failure_report(units: list[str]) -> str:
+    """Name each unit that is not active, with the tail of its journal."""
+    lines = []
+    states = parse_show(run(["systemctl", "show", "--property=Id,ActiveState", *units]).stdout)
+    for unit in units:
+        state = states.get(unit, {}).get("ActiveState", "unknown")
+        if state != "active":
+            tail = run(["journalctl", "--no-pager", "-n", "15", "-u", unit]).stdout.strip()
+            lines.append(f"--- {unit} is {state}; journal tail:\n{tail}")
+    return "\n".join(lines)
+
+
+def run(command: list[str]) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise ApplyError(f"{' '.join(command)} failed ({result.returncode}): {result.stderr.strip()}")
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

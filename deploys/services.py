@@ -1,0 +1,154 @@
+"""Map "what changed" to systemd actions. Pure and standard-library only.
+
+The controller runs it on the fact it read (to decide whether there is anything to do and to
+preview), and the host runs the very same module under the deploy lock on the state it finds
+there (deploys/remote_apply.py), so a concurrent run can never make it act on a stale view.
+
+Rules (Synapse reads its shared settings only at start):
+- ``daemon-reload`` only when a unit file or drop-in changed or was removed, or a unit was disabled;
+- a change to a file restarting every process (homeserver.yaml, shared worker config, log config,
+  database pgpass) restarts main and every worker; a worker's own file restarts that worker only;
+- planned units that are not enabled get enabled, planned units that are not active get started;
+- stale worker units (enabled or loaded, not planned) are stopped and disabled;
+- main is (re)started, and ready (``Type=notify``), before any worker command runs;
+- one ``systemctl`` command per action over all its units; nothing at all when nothing changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+EVERY_PROCESS = "*"
+MAIN = "main"
+MAIN_UNIT = "matrix-synapse.service"
+TARGET_UNIT = "matrix-synapse.target"
+WORKER_UNIT_PREFIX = "matrix-synapse-worker@"
+ACTIVE_STATES = frozenset({"active", "activating", "reloading"})
+
+
+def worker_unit(name: str) -> str:
+    return f"{WORKER_UNIT_PREFIX}{name}.service"
+
+
+def worker_name(unit: str) -> str | None:
+    """The worker a unit runs, or None if it is not a worker instance."""
+    if unit.startswith(WORKER_UNIT_PREFIX) and unit.endswith(".service"):
+        name = unit[len(WORKER_UNIT_PREFIX) : -len(".service")]
+        return name or None
+    return None
+
+
+@dataclass(frozen=True)
+class UnitState:
+    """What systemd says about one unit (``systemctl show``), plus whether it is enabled."""
+
+    load_state: str = "not-found"
+    active_state: str = "inactive"
+    enabled: bool = False
+    main_pid: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.active_state in ACTIVE_STATES
+
+
+@dataclass(frozen=True)
+class Change:
+    """One file that differs from the plan (or was removed): what it restarts."""
+
+    path: str
+    restarts: frozenset[str] = frozenset()
+    unit_file: bool = False
+
+
+@dataclass(frozen=True)
+class ServiceActions:
+    stop: tuple[str, ...] = ()  # stale units still loaded
+    disable: tuple[str, ...] = ()  # stale units still enabled
+    daemon_reload: bool = False
+    enable: tuple[str, ...] = ()
+    restart_main: bool = False
+    start_main: bool = False
+    restart_workers: tuple[str, ...] = ()
+    start: tuple[str, ...] = ()  # planned workers and the target that are not active
+    reasons: tuple[str, ...] = field(default=(), compare=False)
+
+    def __bool__(self) -> bool:
+        return bool(self.stop or self.disable or self.daemon_reload or self.enable
+                    or self.restart_main or self.start_main or self.restart_workers
+                    or self.start)  # fmt: skip
+
+    def commands(self) -> list[list[str]]:
+        """``systemctl`` argument lists, in the order they must run."""
+        commands: list[list[str]] = []
+        if self.stop:
+            commands.append(["systemctl", "stop", *self.stop])
+        if self.disable:
+            commands.append(["systemctl", "disable", "--no-reload", *self.disable])
+        if self.daemon_reload:
+            commands.append(["systemctl", "daemon-reload"])
+        if self.enable:
+            commands.append(["systemctl", "enable", "--no-reload", *self.enable])
+        if self.restart_main:
+            commands.append(["systemctl", "restart", MAIN_UNIT])
+        elif self.start_main:
+            commands.append(["systemctl", "start", MAIN_UNIT])
+        if self.restart_workers:
+            commands.append(["systemctl", "restart", *self.restart_workers])
+        if self.start:
+            commands.append(["systemctl", "start", *self.start])
+        return commands
+
+
+def plan_service_actions(
+    changes: Iterable[Change],
+    planned_workers: Iterable[str],
+    units: Mapping[str, UnitState],
+) -> ServiceActions:
+    """Decide the systemd actions for one host.
+
+    Args:
+        changes: files written or removed on this run.
+        planned_workers: the names of every planned worker.
+        units: state of every ``matrix-synapse*`` unit systemd knows or has enabled.
+
+    Returns:
+        The actions; falsy when there is nothing to do.
+    """
+    changes = list(changes)
+    planned = list(dict.fromkeys(planned_workers))
+    planned_units = {worker_unit(n) for n in planned}
+    stale = sorted(u for u in units if worker_name(u) and u not in planned_units)
+    stop = tuple(u for u in stale if units[u].active or units[u].load_state == "loaded"
+                 and units[u].active_state == "failed")  # fmt: skip
+    disable = tuple(u for u in stale if units[u].enabled)
+
+    restart_all = any(EVERY_PROCESS in c.restarts for c in changes)
+    restarted = {name for c in changes for name in c.restarts}
+    main_state = units.get(MAIN_UNIT, UnitState())
+    restart_main = (restart_all or MAIN in restarted) and main_state.active
+    start_main = not main_state.active
+    restart_workers = tuple(
+        n for n in planned
+        if (restart_all or n in restarted) and units.get(worker_unit(n), UnitState()).active
+    )  # fmt: skip
+    start = tuple(
+        u for u in (*(worker_unit(n) for n in planned), TARGET_UNIT)
+        if not units.get(u, UnitState()).active
+    )  # fmt: skip
+    enable = tuple(
+        u for u in (MAIN_UNIT, TARGET_UNIT, *(worker_unit(n) for n in planned))
+        if not units.get(u, UnitState()).enabled
+    )  # fmt: skip
+    return ServiceActions(
+        stop=stop,
+        disable=disable,
+        daemon_reload=any(c.unit_file for c in changes) or bool(disable),
+        enable=enable,
+        restart_main=restart_main,
+        start_main=start_main,
+        restart_workers=tuple(worker_unit(n) for n in restart_workers),
+        start=start,
+        reasons=tuple(sorted({c.path for c in changes})),
+    )

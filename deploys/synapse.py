@@ -1,0 +1,20 @@
+"""Deploy Matrix Synapse and its workers: `pyinfra inventories/prod.py deploys/synapse.py`.
+
+Reads the host's settings once, plans every process, then runs the component deploys in order.
+Bad settings stop the run here, while pyinfra prepares, before any operation changes any host.
+"""
+
+from pyinfra import host
+from pyinfra.api.exceptions import PyinfraError
+
+from deploys.configure import configure_synapse
+from deploys.plan import build_plan
+from deploys.settings import SettingsError, parse_settings
+
+try:
+    settings = parse_settings(host.data.dict())
+    plan = build_plan(settings, host.name)
+except SettingsError as error:
+    raise PyinfraError(f"{host.name}: {error}") from None
+
+configure_synapse(settings, plan)
