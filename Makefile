@@ -13,6 +13,9 @@ APT_PACKAGES := systemd-container debootstrap socat zstd openssh-client libpq-de
 test: deps
 	$(VENV)/bin/pytest
 
+demo: deps
+	$(VENV)/bin/python -m tests.support.demo
+
 deps: $(STAMPS)/apt $(STAMPS)/venv
 
 $(STAMPS)/apt:
