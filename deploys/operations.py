@@ -144,6 +144,6 @@ def _lines(f: DesiredFile) -> list[str]:
     return [SECRET_MASK] if f.secret else f.content.decode().splitlines()
 
 
-def _log_lines(lines, f: DesiredFile) -> None:  # noqa: ANN001
+def _log_lines(lines, f: DesiredFile) -> None:
     for line in ([f"    {SECRET_MASK}"] if f.secret else lines):
         logger.info(f"  {line}")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
 
+from deploys.services import MAIN, MAIN_UNIT, worker_unit
 from deploys.settings import Settings, SettingsError, WorkerEntry, problem
 from deploys.worker_types import (
     STREAM_WRITER,
@@ -26,16 +27,9 @@ from deploys.worker_types import (
     WorkerType,
 )
 
-MAIN: Final = "main"
-MAIN_UNIT: Final = "matrix-synapse.service"
 WORKER_UNIT_TEMPLATE: Final = "matrix-synapse-worker@.service"
-TARGET_UNIT: Final = "matrix-synapse.target"
 LOWEST_PORT: Final = 1024  # Synapse runs unprivileged
 MAX_PORT_PROBLEMS: Final = 10
-
-
-def worker_unit(name: str) -> str:
-    return f"matrix-synapse-worker@{name}.service"
 
 
 @dataclass(frozen=True)
@@ -206,7 +200,7 @@ def _specs_from_counts(settings: Settings) -> Iterator[_Spec]:
                          "metrics": port(t.metrics_port_key, index)})  # fmt: skip
 
 
-def _stream_writer_specs(stream_counts: Mapping[str, int], port) -> Iterator[_Spec]:  # noqa: ANN001
+def _stream_writer_specs(stream_counts: Mapping[str, int], port) -> Iterator[_Spec]:
     # One global index over all streams, in the fixed stream order, names and ports follow it.
     index = 0
     for stream in STREAMS:

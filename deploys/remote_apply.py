@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import services  # noqa: E402  (shipped beside this file)
+import services
 
 TMP_SUFFIX = ".pyinfra-synapse-tmp"
 
@@ -206,8 +206,9 @@ def remove_stale_files(manifest: dict[str, Any]) -> list[tuple[str, list[str], b
             name = os.path.basename(path)[: -len(".yaml")] if path.endswith(".yaml") else None
             unit_file = path.startswith(manifest["systemd_dir"] + "/")
             removed.append((path, [name] if name and not unit_file else [], unit_file))
-            with contextlib.suppress(OSError):  # an emptied drop-in directory
-                os.rmdir(os.path.dirname(path)) if unit_file else None
+            if unit_file:
+                with contextlib.suppress(OSError):  # the drop-in directory, once empty
+                    os.rmdir(os.path.dirname(path))
     for directory in {os.path.dirname(e["path"]) for e in manifest["files"]}:
         for tmp in glob.glob(os.path.join(glob.escape(directory), f".*{TMP_SUFFIX}")):
             os.unlink(tmp)  # a temporary file left by a cut run; never a live file

@@ -13,12 +13,11 @@ from typing import Any, Final
 import jinja2
 import yaml
 
-from deploys.plan import MAIN, TARGET_UNIT, WORKER_UNIT_TEMPLATE, Process, WorkerPlan
+from deploys.plan import WORKER_UNIT_TEMPLATE, Process, WorkerPlan
+from deploys.services import EVERY_PROCESS, MAIN, TARGET_UNIT
 from deploys.settings import REPO_ROOT, Settings
 
 TEMPLATES_DIR: Final = REPO_ROOT / "templates"
-# A change to a file whose ``restarts`` holds this restarts the main process and every worker.
-EVERY_PROCESS: Final = "*"
 LIMITS_DROPIN: Final = "50-pyinfra-synapse-limits.conf"
 SECRET_NAMES: Final = ("replication", "macaroon", "form", "registration")
 

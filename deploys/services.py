@@ -120,8 +120,8 @@ def plan_service_actions(
     planned = list(dict.fromkeys(planned_workers))
     planned_units = {worker_unit(n) for n in planned}
     stale = sorted(u for u in units if worker_name(u) and u not in planned_units)
-    stop = tuple(u for u in stale if units[u].active or units[u].load_state == "loaded"
-                 and units[u].active_state == "failed")  # fmt: skip
+    stop = tuple(u for u in stale if units[u].active or (units[u].load_state == "loaded"
+                 and units[u].active_state == "failed"))  # fmt: skip
     disable = tuple(u for u in stale if units[u].enabled)
 
     restart_all = any(EVERY_PROCESS in c.restarts for c in changes)

@@ -13,8 +13,8 @@ import collections
 import json
 import sys
 
-from pyinfra_cli.main import main  # first: it monkey-patches for gevent
-from pyinfra.connectors.ssh import SSHConnector
+from pyinfra_cli.main import main  # isort: skip  (first: it monkey-patches for gevent)
+from pyinfra.connectors.ssh import SSHConnector  # isort: skip
 
 commands: collections.Counter[str] = collections.Counter()
 uploads: collections.Counter[str] = collections.Counter()
@@ -22,14 +22,14 @@ command_lines: dict[str, list[str]] = collections.defaultdict(list)
 _run, _put = SSHConnector.run_shell_command, SSHConnector.put_file
 
 
-def _counted_run(self, command, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+def _counted_run(self, command, *args, **kwargs):
     commands[self.host.name] += 1
     raw = command.get_raw_value() if hasattr(command, "get_raw_value") else command
     command_lines[self.host.name].append(str(raw)[:200])
     return _run(self, command, *args, **kwargs)
 
 
-def _counted_put(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+def _counted_put(self, *args, **kwargs):
     uploads[self.host.name] += 1
     return _put(self, *args, **kwargs)
 
