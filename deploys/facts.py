@@ -25,6 +25,7 @@ class SynapseHostState(FactBase[HostState]):
     + config_dir: Synapse's configuration directory
     + systemd_dir: directory holding the unit files
     + directories: directories whose mode and owner to report
+    + extra_units: other units whose state to report (e.g. ``nginx.service``)
 
     .. code:: python
 
@@ -35,8 +36,8 @@ class SynapseHostState(FactBase[HostState]):
     default = HostState
 
     @override
-    def command(self, config_dir: str, systemd_dir: str,
-                directories: Sequence[str] = ()) -> StringCommand:  # fmt: skip
+    def command(self, config_dir: str, systemd_dir: str, directories: Sequence[str] = (),
+                extra_units: Sequence[str] = ()) -> StringCommand:  # fmt: skip
         ours = f"{systemd_dir.rstrip('/')}/matrix-synapse*"
         return StringCommand(
             "for d in", *[QuoteString(d) for d in directories] or ["''"], "; do",
@@ -48,7 +49,8 @@ class SynapseHostState(FactBase[HostState]):
             "find", QuoteString(systemd_dir), "-maxdepth 2", "-path", QuoteString("*.wants/matrix-synapse*"),
             "-printf", QuoteString("W %f\\n"), "2>/dev/null;",
             "systemctl show --all --property=Id,LoadState,ActiveState,MainPID",
-            QuoteString("matrix-synapse*"), "2>/dev/null | sed 's/^/U /';",
+            QuoteString("matrix-synapse*"), *[QuoteString(u) for u in extra_units],
+            "2>/dev/null | sed 's/^/U /';",
             "true",
         )  # fmt: skip
 
@@ -121,3 +123,87 @@ class FileContents(FactBase[dict[str, list[str]]]):
             if lines and lines[-1] == "":
                 lines.pop()  # the separator echo
         return contents
+
+
+class SynapseInstallation(FactBase[dict[str, object]]):
+    """
+    Returns which of the given Debian packages are missing and the Synapse version installed in
+    the virtualenv (None if there is none), in one command.
+
+    + packages: Debian packages that must be installed
+    + venv_path: the Synapse virtualenv
+
+    .. code:: python
+
+        host.get_fact(SynapseInstallation, packages=["redis-server"],
+                      venv_path="/opt/venvs/matrix-synapse")
+    """
+
+    @staticmethod
+    def default() -> dict[str, object]:
+        return {"missing": [], "synapse": None}
+
+    @override
+    def command(self, packages: Sequence[str], venv_path: str) -> StringCommand:
+        python = QuoteString(f"{venv_path.rstrip('/')}/bin/python")
+        return StringCommand(
+            "for p in", *[QuoteString(p) for p in packages], "; do",
+            "dpkg-query -W -f='${Status}' \"$p\" 2>/dev/null | grep -q 'install ok installed'",
+            '|| echo "missing $p"; done;',
+            python, "-c", QuoteString("import synapse; print('synapse', synapse.__version__)"),
+            "2>/dev/null; true",
+        )  # fmt: skip
+
+    @override
+    def process(self, output: list[str]) -> dict[str, object]:
+        missing = [line.split(" ", 1)[1] for line in output if line.startswith("missing ")]
+        version = next((line.split(" ", 1)[1] for line in output if line.startswith("synapse ")),
+                       None)  # fmt: skip
+        return {"missing": missing, "synapse": version}
+
+
+class PostgresDatabase(FactBase[dict[str, object]]):
+    """
+    Returns, from the local PostgreSQL server, the role's stored password verifier (or None if
+    the role is missing), whether the database exists with its collation and ctype, and
+    ``max_connections``, in one command.
+
+    + user: the database role
+    + dbname: the database
+
+    .. code:: python
+
+        host.get_fact(PostgresDatabase, user="synapse", dbname="synapse")
+    """
+
+    @staticmethod
+    def default() -> dict[str, object]:
+        return {}
+
+    @override
+    def command(self, user: str, dbname: str) -> StringCommand:
+        def literal(value: str) -> str:
+            return "'" + value.replace("'", "''") + "'"
+
+        queries = [
+            f"SELECT 'role', coalesce(rolpassword, '') FROM pg_authid WHERE rolname = {literal(user)}",
+            f"SELECT 'db', datcollate, datctype FROM pg_database WHERE datname = {literal(dbname)}",
+            "SELECT 'max', setting FROM pg_settings WHERE name = 'max_connections'",
+        ]
+        return StringCommand(
+            "runuser -u postgres -- psql -XAt -F '|'",
+            *[part for q in queries for part in ("-c", QuoteString(q))], "2>/dev/null; true",
+        )  # fmt: skip
+
+    @override
+    def process(self, output: list[str]) -> dict[str, object]:
+        result: dict[str, object] = {}
+        for line in output:
+            kind, _, rest = line.partition("|")
+            if kind == "role":
+                result["role_verifier"] = rest
+            elif kind == "db":
+                result["collation"] = tuple(rest.split("|"))
+            elif kind == "max":
+                result["max_connections"] = int(rest)
+        return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import tarfile
@@ -9,16 +10,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pyinfra import host, logger, state
-from pyinfra.api import FileUploadCommand, QuoteString, StringCommand, operation
+from pyinfra.api import OperationError, QuoteString, StringCommand, operation
 from pyinfra.api.util import format_text
 from pyinfra.operations.util.files import generate_color_diff
 
 from deploys.drift import Drift, compare, sha256
-from deploys.facts import FileContents, SynapseHostState
+from deploys.facts import FileContents, PostgresDatabase, SynapseHostState, SynapseInstallation
+from deploys.postgres import scram_matches
 from deploys.render import DesiredFile, DesiredState
 from deploys.services import ServiceActions, plan_service_actions
 
-REMOTE_MODULES = (Path(__file__).with_name("remote_apply.py"), Path(__file__).with_name("services.py"))
+REMOTE_MODULES = (Path(__file__).with_name("remote_apply.py"),
+                  Path(__file__).with_name("services.py"))  # fmt: skip
 LOCK_PATH = "/run/lock/pyinfra-synapse.lock"
 SECRET_MASK = "<secret: content not shown>"
 
@@ -46,10 +49,14 @@ def apply_desired_state(
     + systemd_dir: directory for unit files and drop-ins
     + lock_timeout: seconds to wait for another deploy holding the host lock
 
+    New and changed files travel as one gzip archive on the apply command's standard input.
+
     Changes are applied on the host under a lock (flock on ``/run/lock/pyinfra-synapse.lock``):
     each file is written to a temporary file in its directory and renamed into place, so a cut
     connection never leaves a half-written file. Only the processes affected by what changed are
-    restarted; a run with nothing to change yields no command.
+    restarted, files with a ``check`` are validated first (and put back if it fails), and the run
+    waits until every (re)started process is ready. A run with nothing to change yields no
+    command.
 
     **Example:**
 
@@ -63,8 +70,10 @@ def apply_desired_state(
             account=("matrix-synapse", "matrix-synapse", "/var/lib/matrix-synapse"),
         )
     """
+    extra_units = sorted({u for f in desired.files.values() for u in f.reloads})
     host_state = host.get_fact(SynapseHostState, config_dir=config_dir, systemd_dir=systemd_dir,
-                               directories=[d.path for d in desired.directories])  # fmt: skip
+                               directories=[d.path for d in desired.directories],
+                               extra_units=extra_units)  # fmt: skip
     drift = compare(desired, host_state, secrets)
     actions = plan_service_actions(drift.changes(desired), planned_workers, host_state.units)
     if not drift and not actions:
@@ -75,21 +84,21 @@ def apply_desired_state(
     if state.config.DIFF and (not state.is_executing or not state.check_for_changes):
         _show_diff(drift, actions, config_dir)
 
-    archive = _archive(desired, drift, planned_workers, secrets, account, systemd_dir, lock_timeout)
-    remote_archive = host.get_temp_filename(f"pyinfra-synapse-{sha256(archive)}")
-    # Upload as the SSH user (no sudo copy dance), then unpack and apply with the op's privileges.
-    yield FileUploadCommand(io.BytesIO(archive), remote_archive,
-                            remote_temp_filename=remote_archive, _sudo=False)  # fmt: skip
+    archive = _archive(desired, drift, planned_workers, secrets, account, systemd_dir, lock_timeout,
+                       extra_units)  # fmt: skip
+    # The archive travels on the command's stdin (one base64 line, one write) into a private
+    # mktemp directory: one upload in the same round trip as the apply, and no secret ever sits
+    # in a shared temporary directory.
     yield StringCommand(
-        "stage=$(mktemp -d) && tar -xzf", QuoteString(remote_archive), '-C "$stage"',
-        '&& python3 "$stage/remote_apply.py" "$stage"; rc=$?; rm -rf "$stage"',
-        QuoteString(remote_archive), "; exit $rc",
+        'stage=$(mktemp -d) && base64 -d > "$stage/apply.tgz" && tar -xzf "$stage/apply.tgz"',
+        '-C "$stage" && python3 "$stage/remote_apply.py" "$stage"; rc=$?; rm -rf "$stage"; exit $rc',
+        _stdin=base64.b64encode(archive).decode(),
     )  # fmt: skip
 
 
 def _archive(desired: DesiredState, drift: Drift, planned_workers: Sequence[str],
              secrets: Sequence[str], account: tuple[str, str, str], systemd_dir: str,
-             lock_timeout: int) -> bytes:  # fmt: skip
+             lock_timeout: int, extra_units: Sequence[str]) -> bytes:  # fmt: skip
     uploads = {f.path: f"files/{i}" for i, f in enumerate(drift.uploads)}
     user, group, home = account
     manifest = {
@@ -101,11 +110,16 @@ def _archive(desired: DesiredState, drift: Drift, planned_workers: Sequence[str]
         "secrets": list(secrets),
         "files": [{"path": f.path, "mode": f.mode, "owner": f.owner, "group": f.group,
                    "sha256": sha256(f.content), "payload": uploads.get(f.path),
-                   "restarts": sorted(f.restarts), "unit_file": f.unit_file}
+                   "restarts": sorted(f.restarts), "unit_file": f.unit_file,
+                   "reloads": sorted(f.reloads), "check": f.check}
                   for f in desired.files.values()],
         "owned_globs": list(desired.owned_globs),
         "systemd_dir": systemd_dir,
         "planned_workers": list(planned_workers),
+        "extra_units": list(extra_units),
+        "readiness": {"timeout": desired.readiness.timeout,
+                      "health_ports": dict(desired.readiness.health_ports),
+                      "redis": dict(desired.readiness.redis) if desired.readiness.redis else None},
     }  # fmt: skip
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6) as tar:
@@ -147,3 +161,70 @@ def _lines(f: DesiredFile) -> list[str]:
 def _log_lines(lines, f: DesiredFile) -> None:
     for line in ([f"    {SECRET_MASK}"] if f.secret else lines):
         logger.info(f"  {line}")
+
+
+@operation()
+def install_synapse(packages: Sequence[str], venv_path: str, version: str, script: str):
+    """
+    Install missing Debian packages and the pinned Synapse into its virtualenv, as one command.
+
+    + packages: Debian packages Synapse's host needs
+    + venv_path: the virtualenv the units run Synapse from
+    + version: the matrix-synapse version to have installed (upgraded when it changes)
+    + script: the idempotent install script (``deploys.install.install_script``)
+
+    **Example:**
+
+    .. code:: python
+
+        install_synapse(
+            name="Install Synapse 1.163.2",
+            packages=packages(settings),
+            venv_path=settings.venv_path,
+            version=settings.version,
+            script=install_script(settings),
+        )
+    """
+    installed = host.get_fact(SynapseInstallation, packages=packages, venv_path=venv_path)
+    if not installed["missing"] and installed["synapse"] == version:
+        host.noop(f"matrix-synapse {version} and {len(packages)} packages already installed")
+        return
+    yield StringCommand("sh", "-c", QuoteString(script))
+
+
+@operation()
+def postgres_database(user: str, dbname: str, password: str, max_connections: int, sql: str):
+    """
+    Create the Synapse role and database on the local PostgreSQL (C collation) and size
+    ``max_connections``; set the role's password when it differs. SQL goes on standard input.
+
+    + user: the database role
+    + dbname: the database
+    + password: the role's password (compared with the stored SCRAM verifier, never printed)
+    + max_connections: the server's ``max_connections``; PostgreSQL restarts when it changes
+    + sql: the idempotent setup SQL (``deploys.postgres.setup_sql``)
+
+    **Example:**
+
+    .. code:: python
+
+        postgres_database(
+            name="Create the synapse role and database",
+            user="synapse", dbname="synapse", password=password, max_connections=200,
+            sql=setup_sql(settings, plan),
+        )
+    """
+    current = host.get_fact(PostgresDatabase, user=user, dbname=dbname)
+    collation = current.get("collation")
+    if (scram_matches(current.get("role_verifier"), password)  # type: ignore[arg-type]
+            and collation == ("C", "C")
+            and current.get("max_connections") == max_connections):  # fmt: skip
+        host.noop(f"PostgreSQL role {user} and database {dbname} as planned")
+        return
+    if collation not in (None, ("C", "C")):
+        raise OperationError(f"database {dbname} exists with collation {collation}; Synapse needs "
+                             "C (recreate it, or point matrix_synapse_database_name elsewhere)")  # fmt: skip
+    yield StringCommand("runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -d postgres",
+                        _stdin=sql)  # fmt: skip
+    if current.get("max_connections") != max_connections:
+        yield StringCommand("systemctl restart postgresql")

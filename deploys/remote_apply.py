@@ -10,7 +10,11 @@ The controller (deploys/operations.py) uploads one archive holding this script, 
    half-written file; fix mode/owner drift in place;
 4. remove files matching our own naming that the plan no longer has, and disable stale workers
    (found here, under the lock, not from the controller's earlier read);
-5. run the systemd actions services.plan_service_actions derives from what actually changed.
+5. run each changed file's check (``nginx -t`` ...) with the new files in place; if one fails,
+   put the previous files back, touch no process, and fail naming the file;
+6. run the systemd actions services.plan_service_actions derives from what actually changed;
+7. wait until every (re)started process is ready: active under systemd, ``/health`` answering on
+   its HTTP listener, and every process subscribed to Redis (``PUBSUB NUMSUB <server_name>``).
 
 It prints one JSON summary line prefixed ``pyinfra-synapse:``.
 """
@@ -89,15 +93,24 @@ def apply(manifest: dict[str, Any], stage: Path) -> dict[str, Any]:
     generated = [p for p in manifest["secrets"] if ensure_secret(p, manifest["user"],
                                                                  manifest["group"])]  # fmt: skip
     changes: list[services.Change] = []
+    previous: dict[str, tuple[bytes, int, int, int] | None] = {}
+    checks: dict[str, str] = {}
     for entry in manifest["files"]:
-        change = install_file(entry, stage)
+        change = install_file(entry, stage, previous)
         if change is not None:
             changes.append(change)
+            if entry.get("check"):
+                checks.setdefault(entry["check"], entry["path"])
+    run_checks(checks, previous)
     removed = remove_stale_files(manifest)
     changes += [services.Change(p, frozenset(r), u) for p, r, u in removed]
-    units = unit_states(manifest["systemd_dir"], manifest["planned_workers"])
+    units = unit_states(manifest["systemd_dir"], manifest["planned_workers"],
+                        manifest.get("extra_units", []))  # fmt: skip
     actions = services.plan_service_actions(changes, manifest["planned_workers"], units)
     run_actions(actions, manifest["systemd_dir"])
+    touched = [*(["matrix-synapse.service"] if actions.restart_main or actions.start_main else []),
+               *actions.restart_workers, *(u for u in actions.start if u.endswith(".service"))]
+    wait_until_ready(touched, manifest.get("readiness") or {})
     return {
         "changed": sorted(c.path for c in changes),
         "generated_secrets": generated,
@@ -108,6 +121,7 @@ def apply(manifest: dict[str, Any], stage: Path) -> dict[str, Any]:
         "restarted": (["matrix-synapse.service"] if actions.restart_main else [])
         + list(actions.restart_workers),
         "started": (["matrix-synapse.service"] if actions.start_main else []) + list(actions.start),
+        "reloaded": list(actions.reload),
     }
 
 
@@ -155,7 +169,9 @@ def file_state(path: str) -> tuple[str, int, int, int] | None:
     return digest, st.st_mode & 0o7777, st.st_uid, st.st_gid
 
 
-def install_file(entry: dict[str, Any], stage: Path) -> services.Change | None:
+def install_file(entry: dict[str, Any], stage: Path,
+                 previous: dict[str, tuple[bytes, int, int, int] | None]) -> services.Change | None:  # fmt: skip
+    """Write one file if it differs; remember what it replaced so a failed check can restore it."""
     path, mode = entry["path"], entry["mode"]
     uid, gid = ids(entry["owner"], entry["group"])
     current = file_state(path)
@@ -170,8 +186,29 @@ def install_file(entry: dict[str, Any], stage: Path) -> services.Change | None:
     content = (stage / entry["payload"]).read_bytes()
     if hashlib.sha256(content).hexdigest() != entry["sha256"]:
         raise ApplyError(f"staged copy of {path} is corrupt; run the deploy again")
+    if current is None:
+        previous[path] = None
+    else:
+        previous[path] = (Path(path).read_bytes(), current[1], current[2], current[3])
     write_atomically(path, content, mode, uid, gid)
-    return services.Change(path, frozenset(entry["restarts"]), entry["unit_file"])
+    return services.Change(path, frozenset(entry["restarts"]), entry["unit_file"],
+                           frozenset(entry.get("reloads", ())))  # fmt: skip
+
+
+def run_checks(checks: dict[str, str],
+               previous: dict[str, tuple[bytes, int, int, int] | None]) -> None:  # fmt: skip
+    """Validate the new files before any process sees them; on failure put the old ones back."""
+    for check, path in checks.items():
+        result = subprocess.run(["sh", "-c", check], capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            for changed, old in previous.items():
+                if old is None:
+                    os.unlink(changed)
+                else:
+                    write_atomically(changed, *old)
+            output = (result.stderr + result.stdout).strip()
+            raise ApplyError(f"{path} failed its check `{check}`; the previous files were put back "
+                             f"and no process was touched:\n{output}")
 
 
 def write_atomically(path: str, content: bytes, mode: int, uid: int, gid: int) -> None:
@@ -215,13 +252,15 @@ def remove_stale_files(manifest: dict[str, Any]) -> list[tuple[str, list[str], b
     return removed
 
 
-def unit_states(systemd_dir: str, planned: list[str]) -> dict[str, services.UnitState]:
-    """State of every matrix-synapse* unit loaded or enabled, and of every planned one."""
+def unit_states(systemd_dir: str, planned: list[str],
+                extra: list[str]) -> dict[str, services.UnitState]:  # fmt: skip
+    """State of every matrix-synapse* unit loaded or enabled, of every planned one, and of
+    ``extra`` units (those reloaded on a config change)."""
     enabled = {os.path.basename(p) for p in glob.glob(f"{systemd_dir}/*.wants/matrix-synapse*")}
     shown = run(["systemctl", "show", "--all", "--property=Id,LoadState,ActiveState,MainPID",
                  "matrix-synapse*"]).stdout  # fmt: skip
     names = set(enabled) | {services.MAIN_UNIT, services.TARGET_UNIT}
-    names |= {services.worker_unit(n) for n in planned}
+    names |= {services.worker_unit(n) for n in planned} | set(extra)
     loaded = parse_show(shown)
     missing = sorted(names - set(loaded))
     if missing:
@@ -258,6 +297,72 @@ def run_actions(actions: services.ServiceActions, systemd_dir: str) -> None:
             units = [u for u in command[2:] if u.endswith((".service", ".target"))]
             raise ApplyError(f"{' '.join(command[:2])} failed: {result.stderr.strip()}\n"
                              + failure_report(units))  # fmt: skip
+
+
+def wait_until_ready(units: list[str], readiness: dict[str, Any]) -> None:
+    """Wait until each unit is active and answers /health, and Redis counts every process."""
+    timeout = readiness.get("timeout", 0)
+    if not units or not timeout:
+        return
+    deadline = time.monotonic() + timeout
+    health = readiness.get("health_ports", {})
+    pending = set(units)
+    redis_ok = readiness.get("redis") is None
+    while True:
+        states = parse_show(run(["systemctl", "show", "--property=Id,ActiveState",
+                                 *sorted(pending)]).stdout) if pending else {}  # fmt: skip
+        for unit in sorted(pending):
+            if states.get(unit, {}).get("ActiveState") == "active" and (
+                    unit not in health or http_ok(health[unit])):  # fmt: skip
+                pending.discard(unit)
+        if not redis_ok:
+            redis_ok = redis_subscribers(readiness["redis"]) >= readiness["redis"]["subscribers"]
+        if not pending and redis_ok:
+            return
+        if time.monotonic() >= deadline:
+            waiting = sorted(pending) or [f"Redis: fewer than {readiness['redis']['subscribers']} "
+                                          "processes subscribed"]  # fmt: skip
+            raise ApplyError(f"not ready after {timeout} s (matrix_synapse_readiness_timeout): "
+                             + ", ".join(waiting) + "\n" + failure_report(sorted(pending)))  # fmt: skip
+        time.sleep(1)
+
+
+def http_ok(port: int) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def redis_subscribers(redis: dict[str, Any]) -> int:
+    """``PUBSUB NUMSUB <channel>`` over a raw socket (no redis-cli needed)."""
+    import socket
+
+    channel = redis["channel"].encode()
+    request = b"*3\r\n$6\r\nPUBSUB\r\n$6\r\nNUMSUB\r\n$%d\r\n%s\r\n" % (len(channel), channel)
+    try:
+        if redis.get("path"):
+            conn = socket.socket(socket.AF_UNIX)
+            conn.settimeout(2)
+            conn.connect(redis["path"])
+        else:
+            conn = socket.create_connection((redis["host"], redis["port"]), timeout=2)
+        with conn:
+            conn.sendall(request)
+            reply = b""
+            while reply.count(b"\r\n") < 5:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+    except OSError:
+        return -1
+    # *2 $len channel :count
+    lines = reply.split(b"\r\n")
+    return int(lines[4][1:]) if len(lines) > 4 and lines[4].startswith(b":") else -1
 
 
 def failure_report(units: list[str]) -> str:

@@ -88,6 +88,9 @@ class DesiredFile:
         restarts: process names to restart when the file changes (``EVERY_PROCESS`` for all).
         unit_file: a systemd unit or drop-in; a change needs ``systemctl daemon-reload``.
         secret: never print its content (diffs and logs mask it).
+        reloads: units to reload (not restart) when the file changes, e.g. nginx.
+        check: a command that must pass with the new file in place before anything is reloaded
+            or restarted; if it fails, the previous files are put back.
     """
 
     path: str
@@ -98,6 +101,18 @@ class DesiredFile:
     restarts: frozenset[str] = frozenset()
     unit_file: bool = False
     secret: bool = False
+    reloads: frozenset[str] = frozenset()
+    check: str | None = None
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """How the host proves restarted processes are ready (empty ``health`` and no Redis: systemd's
+    READY=1 only)."""
+
+    timeout: int
+    health_ports: Mapping[str, int]  # unit -> a loopback HTTP port serving /health
+    redis: Mapping[str, Any] | None  # host/port/path, channel and expected subscriber count
 
 
 @dataclass(frozen=True)
@@ -116,6 +131,7 @@ class DesiredState:
     directories: tuple[DesiredDirectory, ...]
     # Shell globs of files we own; a match that is not in ``files`` is stale and gets removed.
     owned_globs: tuple[str, ...]
+    readiness: Readiness
 
 
 @functools.cache
@@ -168,7 +184,22 @@ def desired_state(settings: Settings, plan: WorkerPlan) -> DesiredState:
             render_template("synapse/worker.yaml.j2", worker=worker, **context),
             restarts=frozenset({worker.name}))
     _add_units(settings, plan, paths, add)
-    return DesiredState(files, _directories(settings, paths), _owned_globs(paths))
+    return DesiredState(files, _directories(settings, paths), _owned_globs(paths),
+                        _readiness(settings, plan))
+
+
+def _readiness(settings: Settings, plan: WorkerPlan) -> Readiness:
+    if settings.readiness_timeout == 0:
+        return Readiness(0, {}, None)
+    health = {}
+    for process in plan.processes:
+        http = process.listener("http") or process.listener("replication")
+        if http is not None:
+            health[process.unit] = http.port
+    redis = settings.redis
+    return Readiness(settings.readiness_timeout, health, {
+        "host": redis.host, "port": redis.port, "path": redis.path,
+        "channel": settings.domain, "subscribers": len(plan.processes)})  # fmt: skip
 
 
 def _homeserver(settings: Settings, plan: WorkerPlan, paths: Paths) -> str:

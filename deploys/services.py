@@ -9,6 +9,7 @@ Rules (Synapse reads its shared settings only at start):
 - a change to a file restarting every process (homeserver.yaml, shared worker config, log config,
   database pgpass) restarts main and every worker; a worker's own file restarts that worker only;
 - planned units that are not enabled get enabled, planned units that are not active get started;
+- a unit that reloads its config (nginx) is reloaded, never restarted, when its file changed;
 - stale worker units (enabled or loaded, not planned) are stopped and disabled;
 - main is (re)started, and ready (``Type=notify``), before any worker command runs;
 - one ``systemctl`` command per action over all its units; nothing at all when nothing changed.
@@ -60,6 +61,7 @@ class Change:
     path: str
     restarts: frozenset[str] = frozenset()
     unit_file: bool = False
+    reloads: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -72,12 +74,13 @@ class ServiceActions:
     start_main: bool = False
     restart_workers: tuple[str, ...] = ()
     start: tuple[str, ...] = ()  # planned workers and the target that are not active
+    reload: tuple[str, ...] = ()  # active units whose config changed and reload (nginx)
     reasons: tuple[str, ...] = field(default=(), compare=False)
 
     def __bool__(self) -> bool:
         return bool(self.stop or self.disable or self.daemon_reload or self.enable
                     or self.restart_main or self.start_main or self.restart_workers
-                    or self.start)  # fmt: skip
+                    or self.start or self.reload)  # fmt: skip
 
     def commands(self) -> list[list[str]]:
         """``systemctl`` argument lists, in the order they must run."""
@@ -98,6 +101,8 @@ class ServiceActions:
             commands.append(["systemctl", "restart", *self.restart_workers])
         if self.start:
             commands.append(["systemctl", "start", *self.start])
+        if self.reload:
+            commands.append(["systemctl", "reload", *self.reload])
         return commands
 
 
@@ -133,8 +138,9 @@ def plan_service_actions(
         n for n in planned
         if (restart_all or n in restarted) and units.get(worker_unit(n), UnitState()).active
     )  # fmt: skip
+    reloads = sorted({u for c in changes for u in c.reloads})
     start = tuple(
-        u for u in (*(worker_unit(n) for n in planned), TARGET_UNIT)
+        u for u in (*(worker_unit(n) for n in planned), TARGET_UNIT, *reloads)
         if not units.get(u, UnitState()).active
     )  # fmt: skip
     enable = tuple(
@@ -150,5 +156,6 @@ def plan_service_actions(
         start_main=start_main,
         restart_workers=tuple(worker_unit(n) for n in restart_workers),
         start=start,
+        reload=tuple(u for u in reloads if units.get(u, UnitState()).active),
         reasons=tuple(sorted({c.path for c in changes})),
     )

@@ -89,6 +89,7 @@ class DatabaseSettings:
     name: str
     user: str
     password: str | None = field(repr=False)
+    install_postgresql: bool
     cp_min: int
     main_cp_max: int
     workers_cp_max: int
@@ -136,6 +137,7 @@ class Settings:
     enable_registration: bool
     log_level: str
     configuration_extension: Mapping[str, Any]
+    install_enabled: bool
     version: str
     venv_path: str
     user: str
@@ -153,6 +155,7 @@ class Settings:
     replication_bind_addresses: tuple[str, ...]
     metrics_bind_addresses: tuple[str, ...]
     x_forwarded: bool
+    readiness_timeout: int
     database: DatabaseSettings
     redis: RedisSettings
     main_resource_limits: Mapping[str, str]
@@ -285,6 +288,7 @@ def parse_settings(data: Mapping[str, Any]) -> Settings:
         log_level=r.check("matrix_synapse_log_level", lambda v: v in LOG_LEVELS,
                           "allowed: " + ", ".join(LOG_LEVELS), "INFO"),
         configuration_extension=_read_extension(r),
+        install_enabled=r.boolean("matrix_synapse_install_enabled"),
         version=r.text("matrix_synapse_version", re.compile(r"^[0-9][0-9A-Za-z.+-]*$"),
                       "allowed: a PyPI version of matrix-synapse such as '1.163.2'"),
         venv_path=r.path("matrix_synapse_venv_path"),
@@ -305,6 +309,7 @@ def parse_settings(data: Mapping[str, Any]) -> Settings:
         replication_bind_addresses=r.addresses("matrix_synapse_replication_bind_addresses"),
         metrics_bind_addresses=r.addresses("matrix_synapse_metrics_bind_addresses"),
         x_forwarded=r.boolean("matrix_synapse_x_forwarded"),
+        readiness_timeout=r.integer("matrix_synapse_readiness_timeout", 0, 3600, 300),
         database=_read_database(r),
         redis=RedisSettings(
             host=r.text("matrix_synapse_redis_host"),
@@ -351,12 +356,23 @@ def _read_database(r: _Reader) -> DatabaseSettings:
     password = r.check("matrix_synapse_database_password",
                        lambda v: v is None or (isinstance(v, str) and v and "\n" not in v),
                        "allowed: None or a single-line string", None)  # fmt: skip
+    host = r.text("matrix_synapse_database_host")
+    install_postgresql = r.boolean("matrix_synapse_database_install_postgresql")
+    if install_postgresql and host not in ("127.0.0.1", "::1", "localhost"):
+        r.problems.append(problem("matrix_synapse_database_host", host,
+                                  "matrix_synapse_database_install_postgresql installs PostgreSQL "
+                                  "on this host; allowed: 127.0.0.1, ::1 or localhost"))  # fmt: skip
+    if install_postgresql and not password:
+        r.problems.append(problem("matrix_synapse_database_password", password,
+                                  "matrix_synapse_database_install_postgresql creates the role "
+                                  "with this password; allowed: a non-empty string"))  # fmt: skip
     return DatabaseSettings(
-        host=r.text("matrix_synapse_database_host"),
+        host=host,
         port=r.integer("matrix_synapse_database_port", 1, 65535, 5432),
         name=r.text("matrix_synapse_database_name"),
         user=r.text("matrix_synapse_database_user"),
         password=password,
+        install_postgresql=install_postgresql,
         cp_min=cp_min,
         main_cp_max=main_cp_max,
         workers_cp_max=workers_cp_max,

@@ -8,6 +8,8 @@ from pyinfra import host
 from pyinfra.api.exceptions import PyinfraError
 
 from deploys.configure import configure_synapse
+from deploys.database_deploy import database
+from deploys.install_deploy import install
 from deploys.plan import build_plan
 from deploys.settings import SettingsError, parse_settings
 
@@ -17,4 +19,8 @@ try:
 except SettingsError as error:
     raise PyinfraError(f"{host.name}: {error}") from None
 
+if settings.install_enabled:
+    install(settings)
+if settings.database.install_postgresql:
+    database(settings, plan)
 configure_synapse(settings, plan)

@@ -32,7 +32,12 @@ matrix_synapse_configuration_extension = {}
 # Installation and paths
 # ---------------------------------------------------------------------------------------------
 
-# Synapse version installed from PyPI into the virtualenv.
+# Install the Debian packages (Python, Redis, nginx, build deps) and the pinned Synapse into the
+# virtualenv. Set False if you provide <venv>/bin/python and the services yourself.
+matrix_synapse_install_enabled = True
+
+# Synapse version installed from PyPI into the virtualenv; changing it upgrades Synapse and
+# restarts every process.
 matrix_synapse_version = "1.163.2"
 
 # Virtualenv the units run `<venv>/bin/python -m synapse.app...` from.
@@ -77,6 +82,10 @@ matrix_synapse_metrics_bind_addresses = ["127.0.0.1"]
 # Trust X-Forwarded-For from the reverse proxy in front of the HTTP listeners.
 matrix_synapse_x_forwarded = True
 
+# Seconds a deploy waits, after (re)starting processes, for each to be ready (systemd READY=1,
+# /health on HTTP listeners, and every process subscribed to Redis) before failing the run.
+matrix_synapse_readiness_timeout = 300
+
 # ---------------------------------------------------------------------------------------------
 # PostgreSQL (workers need PostgreSQL; SQLite is not offered)
 # ---------------------------------------------------------------------------------------------
@@ -85,6 +94,10 @@ matrix_synapse_database_host = "127.0.0.1"
 matrix_synapse_database_port = 5432
 matrix_synapse_database_name = "synapse"
 matrix_synapse_database_user = "synapse"
+
+# Install PostgreSQL on this host, create the role and the database (C collation, as Synapse
+# requires) and size max_connections to the number of processes. False: use an existing server.
+matrix_synapse_database_install_postgresql = False
 
 # Password of the database user, or None for passwordless (peer/trust) authentication.
 # It is written to a 0600 pgpass file, never into a YAML file. Load it from a secret store or an

@@ -204,8 +204,8 @@ def test_round_trips_do_not_grow_with_workers(tmp_path: Path, host: TestHost, wo
     rerun = deploy(tmp_path, host, data)
     counts = (first.commands[host.name], first.uploads.get(host.name, 0),
               rerun.commands[host.name], rerun.uploads.get(host.name, 0))  # fmt: skip
-    # normal runs: first = fact (prepare) + fact + temp dir + apply; rerun = fact twice
-    assert counts == (4, 1, 2, 0), (workers, counts, first.command_lines)
+    # normal runs: first = fact (prepare) + fact + apply (archive on stdin); rerun = fact twice
+    assert counts == (3, 0, 2, 0), (workers, counts, first.command_lines)
 
 
 def test_verify_suite_passes_against_the_deployed_host(tmp_path: Path, host: TestHost) -> None:

@@ -32,12 +32,17 @@ def install_standin(host: TestHost, user: str = "root") -> None:
              f"{sudo}chmod 755 {VENV}/bin/python", user=user, input=STANDIN.read_text())
 
 
+# With the stand-in there is nothing to install and no /health or Redis to wait for.
+STANDIN_SETTINGS = {"matrix_synapse_install_enabled": False, "matrix_synapse_readiness_timeout": 0}
+
+
 def write_inventory(path: Path, hosts: list[tuple[TestHost, dict[str, Any]]],
-                    user: str = "root") -> Path:
+                    user: str = "root", standin: bool = True) -> Path:
     entries = []
     for host, data in hosts:
         name, connection = host.inventory_entry(user=user)
-        entries.append((name, {**connection, "matrix_domain": "example.org", **data}))
+        base = {"matrix_domain": "example.org", **(STANDIN_SETTINGS if standin else {})}
+        entries.append((name, {**connection, **base, **data}))
     path.write_text(f"hosts = {entries!r}\n")
     return path
 

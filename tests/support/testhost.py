@@ -364,6 +364,17 @@ def _build_derived(entry: Path, base: Path, setup_commands: list[str]) -> None:
     _slim(rootfs)
 
 
+def _build_host_ca_options() -> list[str]:
+    """Let builds trust what this machine trusts (registries may sit behind its egress CA),
+    without writing the machine's CA bundle into the cached tree."""
+    bundle = Path("/etc/ssl/certs/ca-certificates.crt")
+    if not bundle.is_file():
+        return []
+    inside = "/run/build-host-ca.crt"
+    return [f"--bind-ro={bundle}:{inside}", f"--setenv=PIP_CERT={inside}",
+            f"--setenv=SSL_CERT_FILE={inside}", f"--setenv=REQUESTS_CA_BUNDLE={inside}"]
+
+
 def _run_in_tree(rootfs: Path, script: str) -> None:
     """Run `script` inside the (not booted) tree with the host's network, e.g. for apt-get."""
     cgroup = f"build-{os.getpid()}-{time.monotonic_ns() % 10**9}"
@@ -379,6 +390,7 @@ def _run_in_tree(rootfs: Path, script: str) -> None:
         "--pipe",
         "--link-journal=no",
         "--setenv=DEBIAN_FRONTEND=noninteractive",
+        *_build_host_ca_options(),
         "/bin/sh",
         "-ec",
         script,

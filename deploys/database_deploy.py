@@ -1,0 +1,30 @@
+"""Component deploy: PostgreSQL on the Synapse host (only with
+``matrix_synapse_database_install_postgresql``)."""
+
+from __future__ import annotations
+
+from pyinfra.api import deploy
+
+from deploys.operations import postgres_database
+from deploys.plan import WorkerPlan
+from deploys.postgres import max_connections, setup_sql
+from deploys.settings import Settings
+
+
+@deploy("PostgreSQL for Synapse")
+def database(settings: Settings, plan: WorkerPlan) -> None:
+    """
+    Create the role and the C-collated database and size ``max_connections`` to the plan.
+
+    + settings: validated settings
+    + plan: the worker plan (its process count sizes the connection limit)
+    """
+    db = settings.database
+    postgres_database(
+        name=f"Create PostgreSQL role {db.user} and database {db.name}",
+        user=db.user,
+        dbname=db.name,
+        password=db.password or "",
+        max_connections=max_connections(settings, plan),
+        sql=setup_sql(settings, plan),
+    )

@@ -1,0 +1,64 @@
+"""What a host needs installed, and the idempotent shell script that installs it. Pure.
+
+The deploy runs the script as one remote command when the install fact shows something missing;
+the test suite runs the very same script to build its cached test-host tree.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Final
+
+from deploys.settings import Settings
+
+# Debian packages: a venv and what psycopg2 (matrix-synapse[postgres]) compiles against, Redis,
+# nginx for worker routing, curl for health checks.
+BASE_PACKAGES: Final = (
+    "python3", "python3-venv", "python3-dev", "gcc", "libpq-dev", "ca-certificates",
+    "redis-server", "nginx-light", "curl",
+)  # fmt: skip
+POSTGRESQL_PACKAGES: Final = ("postgresql",)
+
+
+def packages(settings: Settings) -> tuple[str, ...]:
+    if settings.database.install_postgresql:
+        return BASE_PACKAGES + POSTGRESQL_PACKAGES
+    return BASE_PACKAGES
+
+
+def synapse_requirement(settings: Settings) -> str:
+    return f"matrix-synapse[postgres,redis]=={settings.version}"
+
+
+def install_script(settings: Settings) -> str:
+    """A POSIX shell script installing missing packages and the pinned Synapse into the venv.
+
+    It changes nothing when everything is present, and prints one ``pyinfra-synapse:`` line per
+    change it makes.
+    """
+    venv = shlex.quote(settings.venv_path)
+    version = shlex.quote(settings.version)
+    requirement = shlex.quote(synapse_requirement(settings))
+    wanted = " ".join(packages(settings))
+    return f"""set -eu
+export DEBIAN_FRONTEND=noninteractive
+missing=""
+for p in {wanted}; do
+  dpkg-query -W -f='${{Status}}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends $missing >/dev/null
+  echo "pyinfra-synapse: installed$missing"
+fi
+if [ ! -x {venv}/bin/pip ]; then
+  python3 -m venv {venv}
+  {venv}/bin/pip install -q --upgrade pip
+  echo "pyinfra-synapse: created virtualenv {venv}"
+fi
+have=$({venv}/bin/python -c 'import synapse; print(synapse.__version__)' 2>/dev/null || true)
+if [ "$have" != {version} ]; then
+  {venv}/bin/pip install -q {requirement}
+  echo "pyinfra-synapse: matrix-synapse ${{have:-none}} -> "{version}
+fi
+"""

@@ -1,0 +1,26 @@
+"""Component deploy: the Debian packages and the pinned Synapse virtualenv."""
+
+from __future__ import annotations
+
+from pyinfra.api import deploy
+
+from deploys.install import install_script, packages
+from deploys.operations import install_synapse
+from deploys.settings import Settings
+
+
+@deploy("Install Synapse")
+def install(settings: Settings) -> None:
+    """
+    Install Python, Redis, nginx and build dependencies from Debian, and matrix-synapse at the
+    pinned version into its virtualenv (upgrading it when the pin changes).
+
+    + settings: validated settings (``deploys.settings.parse_settings``)
+    """
+    install_synapse(
+        name=f"Install Synapse {settings.version} and its Debian packages",
+        packages=packages(settings),
+        venv_path=settings.venv_path,
+        version=settings.version,
+        script=install_script(settings),
+    )

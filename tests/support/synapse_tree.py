@@ -1,0 +1,31 @@
+"""A cached test-host tree with Synapse, Redis, nginx and PostgreSQL installed.
+
+It is built by running the deploy's own install script (deploys/install.py) in the base tree, so
+the install code path is what the end-to-end tests get; the deploy then finds everything present
+and its install step is a no-op. Cached by the script's content and the Synapse version.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from deploys.install import install_script
+from deploys.settings import parse_settings
+from tests.conftest import make_data
+from tests.support.testhost import ensure_derived_tree
+
+# Settings every end-to-end host uses (PostgreSQL installed on the host itself).
+E2E_SETTINGS = {
+    "matrix_synapse_database_install_postgresql": True,
+    "matrix_synapse_database_password": "synapse-test-password",
+}
+
+
+def ensure_synapse_tree() -> Path:
+    settings = parse_settings(make_data(**E2E_SETTINGS))
+    script = install_script(settings)
+    return ensure_derived_tree("synapse", [script], version=f"1-{settings.version}")
+
+
+if __name__ == "__main__":
+    print(ensure_synapse_tree())
