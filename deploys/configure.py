@@ -6,7 +6,7 @@ from pyinfra.api import deploy
 
 from deploys.operations import apply_desired_state
 from deploys.plan import WorkerPlan
-from deploys.render import desired_state, paths_for
+from deploys.render import desired_state
 from deploys.settings import Settings
 
 
@@ -23,7 +23,6 @@ def configure_synapse(settings: Settings, plan: WorkerPlan) -> None:
         name=f"Ship Synapse config, units and {len(plan.workers)} workers",
         desired=desired_state(settings, plan),
         planned_workers=[w.name for w in plan.workers],
-        secrets=list(paths_for(settings).secrets.values()),
         account=(settings.user, settings.group, settings.data_dir),
         config_dir=settings.config_dir,
         systemd_dir=settings.systemd_dir,

@@ -20,8 +20,8 @@ from deploys.postgres import scram_matches
 from deploys.render import DesiredFile, DesiredState
 from deploys.services import ServiceActions, plan_service_actions
 
-REMOTE_MODULES = (Path(__file__).with_name("remote_apply.py"),
-                  Path(__file__).with_name("services.py"))  # fmt: skip
+REMOTE_MODULES = tuple(Path(__file__).with_name(name) for name in
+                       ("remote_apply.py", "services.py", "synapse_check.py"))  # fmt: skip
 LOCK_PATH = "/run/lock/pyinfra-synapse.lock"
 SECRET_MASK = "<secret: content not shown>"
 
@@ -30,7 +30,6 @@ SECRET_MASK = "<secret: content not shown>"
 def apply_desired_state(
     desired: DesiredState,
     planned_workers: Sequence[str],
-    secrets: Sequence[str],
     account: tuple[str, str, str],
     config_dir: str = "/etc/matrix-synapse",
     systemd_dir: str = "/etc/systemd/system",
@@ -43,7 +42,6 @@ def apply_desired_state(
 
     + desired: the rendered file set (``deploys.render.desired_state``)
     + planned_workers: the name of every planned worker
-    + secrets: secret files generated once on the host if missing (never overwritten)
     + account: ``(user, group, home)`` Synapse runs as, created if missing
     + config_dir: Synapse's configuration directory
     + systemd_dir: directory for unit files and drop-ins
@@ -66,7 +64,6 @@ def apply_desired_state(
             name="Ship Synapse config, units and workers",
             desired=desired_state(settings, plan),
             planned_workers=[w.name for w in plan.workers],
-            secrets=list(paths.secrets.values()),
             account=("matrix-synapse", "matrix-synapse", "/var/lib/matrix-synapse"),
         )
     """
@@ -74,7 +71,7 @@ def apply_desired_state(
     host_state = host.get_fact(SynapseHostState, config_dir=config_dir, systemd_dir=systemd_dir,
                                directories=[d.path for d in desired.directories],
                                extra_units=extra_units)  # fmt: skip
-    drift = compare(desired, host_state, secrets)
+    drift = compare(desired, host_state, (*desired.secrets, desired.signing_key))
     actions = plan_service_actions(drift.changes(desired), planned_workers, host_state.units)
     if not drift and not actions:
         host.noop(f"{len(desired.files)} files and {len(planned_workers)} workers already as planned")
@@ -84,7 +81,7 @@ def apply_desired_state(
     if state.config.DIFF and (not state.is_executing or not state.check_for_changes):
         _show_diff(drift, actions, config_dir)
 
-    archive = _archive(desired, drift, planned_workers, secrets, account, systemd_dir, lock_timeout,
+    archive = _archive(desired, drift, planned_workers, account, systemd_dir, lock_timeout,
                        extra_units)  # fmt: skip
     # The archive travels on the command's stdin (one base64 line, one write) into a private
     # mktemp directory: one upload in the same round trip as the apply, and no secret ever sits
@@ -97,8 +94,8 @@ def apply_desired_state(
 
 
 def _archive(desired: DesiredState, drift: Drift, planned_workers: Sequence[str],
-             secrets: Sequence[str], account: tuple[str, str, str], systemd_dir: str,
-             lock_timeout: int, extra_units: Sequence[str]) -> bytes:  # fmt: skip
+             account: tuple[str, str, str], systemd_dir: str, lock_timeout: int,
+             extra_units: Sequence[str]) -> bytes:  # fmt: skip
     uploads = {f.path: f"files/{i}" for i, f in enumerate(drift.uploads)}
     user, group, home = account
     manifest = {
@@ -107,7 +104,9 @@ def _archive(desired: DesiredState, drift: Drift, planned_workers: Sequence[str]
         "user": user, "group": group, "home": home,
         "directories": [{"path": d.path, "mode": d.mode, "owner": d.owner, "group": d.group}
                         for d in desired.directories],
-        "secrets": list(secrets),
+        "secrets": list(desired.secrets),
+        "signing_key": desired.signing_key,
+        "synapse_check": dict(desired.synapse_check) if desired.synapse_check else None,
         "files": [{"path": f.path, "mode": f.mode, "owner": f.owner, "group": f.group,
                    "sha256": sha256(f.content), "payload": uploads.get(f.path),
                    "restarts": sorted(f.restarts), "unit_file": f.unit_file,

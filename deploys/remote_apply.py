@@ -92,6 +92,9 @@ def apply(manifest: dict[str, Any], stage: Path) -> dict[str, Any]:
         ensure_directory(**directory)
     generated = [p for p in manifest["secrets"] if ensure_secret(p, manifest["user"],
                                                                  manifest["group"])]  # fmt: skip
+    if manifest.get("signing_key") and ensure_signing_key(manifest["signing_key"], manifest["user"],
+                                                          manifest["group"]):  # fmt: skip
+        generated.append(manifest["signing_key"])
     changes: list[services.Change] = []
     previous: dict[str, tuple[bytes, int, int, int] | None] = {}
     checks: dict[str, str] = {}
@@ -100,7 +103,10 @@ def apply(manifest: dict[str, Any], stage: Path) -> dict[str, Any]:
         if change is not None:
             changes.append(change)
             if entry.get("check"):
-                checks.setdefault(entry["check"], entry["path"])
+                checks.setdefault(entry["check"], f"{entry['path']} (`{entry['check']}`)")
+    synapse_check = synapse_check_command(manifest.get("synapse_check"), changes, stage)
+    if synapse_check:
+        checks[synapse_check] = "the new Synapse configuration (loaded with the installed Synapse)"
     run_checks(checks, previous)
     removed = remove_stale_files(manifest)
     changes += [services.Change(p, frozenset(r), u) for p, r, u in removed]
@@ -155,7 +161,7 @@ def ensure_secret(path: str, owner: str, group: str) -> bool:
     """Generate a secret once; an existing one is never replaced (sessions and tokens rely on it)."""
     if os.path.exists(path) and os.path.getsize(path) > 0:
         return False
-    write_atomically(path, (secrets.token_urlsafe(48) + "\n").encode(), 0o600, *ids(owner, group))
+    write_atomically(path, secrets.token_urlsafe(48).encode(), 0o600, *ids(owner, group))
     return True
 
 
@@ -195,6 +201,36 @@ def install_file(entry: dict[str, Any], stage: Path,
                            frozenset(entry.get("reloads", ())))  # fmt: skip
 
 
+def synapse_check_command(check: dict[str, Any] | None, changes: list[services.Change],
+                          stage: Path) -> str | None:  # fmt: skip
+    """The one command checking every Synapse config this run changed, or None."""
+    configs = [c for c in changes if not c.unit_file and c.restarts and not c.reloads]
+    if not check or not configs:
+        return None
+    if any(services.EVERY_PROCESS in c.restarts or services.MAIN in c.restarts for c in configs):
+        names = ["--all"]
+    else:
+        names = sorted({n for c in configs for n in c.restarts})
+    import shlex
+
+    return " ".join(shlex.quote(a) for a in [check["python"], str(stage / "synapse_check.py"),
+                                             check["homeserver"], check["conf_d"],
+                                             check["workers_dir"], *names])  # fmt: skip
+
+
+def ensure_signing_key(path: str, owner: str, group: str) -> bool:
+    """Synapse's signing key (``ed25519 a_XXXX <seed>``), generated once, never replaced."""
+    import base64
+    import string
+
+    if os.path.exists(path) and os.path.getsize(path) > 0:
+        return False
+    key_id = "a_" + "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(4))
+    seed = base64.b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+    write_atomically(path, f"ed25519 {key_id} {seed}\n".encode(), 0o600, *ids(owner, group))
+    return True
+
+
 def run_checks(checks: dict[str, str],
                previous: dict[str, tuple[bytes, int, int, int] | None]) -> None:  # fmt: skip
     """Validate the new files before any process sees them; on failure put the old ones back."""
@@ -207,8 +243,8 @@ def run_checks(checks: dict[str, str],
                 else:
                     write_atomically(changed, *old)
             output = (result.stderr + result.stdout).strip()
-            raise ApplyError(f"{path} failed its check `{check}`; the previous files were put back "
-                             f"and no process was touched:\n{output}")
+            raise ApplyError(f"{path} was refused; the previous files were put back and no "
+                             f"process was touched:\n{output}")
 
 
 def write_atomically(path: str, content: bytes, mode: int, uid: int, gid: int) -> None:
@@ -353,16 +389,16 @@ def redis_subscribers(redis: dict[str, Any]) -> int:
         with conn:
             conn.sendall(request)
             reply = b""
-            while reply.count(b"\r\n") < 5:
+            while not any(line.startswith(b":") for line in reply.split(b"\r\n")[:-1]):
                 chunk = conn.recv(4096)
                 if not chunk:
                     break
                 reply += chunk
     except OSError:
         return -1
-    # *2 $len channel :count
-    lines = reply.split(b"\r\n")
-    return int(lines[4][1:]) if len(lines) > 4 and lines[4].startswith(b":") else -1
+    # Reply: *2 / $<len> / <channel> / :<count>
+    counts = [line for line in reply.split(b"\r\n") if line.startswith(b":")]
+    return int(counts[0][1:]) if counts else -1
 
 
 def failure_report(units: list[str]) -> str:

@@ -132,6 +132,11 @@ class DesiredState:
     # Shell globs of files we own; a match that is not in ``files`` is stale and gets removed.
     owned_globs: tuple[str, ...]
     readiness: Readiness
+    # Generated on the host once, never replaced: shared secrets and Synapse's signing key.
+    secrets: tuple[str, ...]
+    signing_key: str
+    # How the host checks Synapse configs before restarting (None: no check).
+    synapse_check: Mapping[str, str] | None
 
 
 @functools.cache
@@ -184,8 +189,14 @@ def desired_state(settings: Settings, plan: WorkerPlan) -> DesiredState:
             render_template("synapse/worker.yaml.j2", worker=worker, **context),
             restarts=frozenset({worker.name}))
     _add_units(settings, plan, paths, add)
+    synapse_check = None
+    if settings.config_check:
+        synapse_check = {"python": posixpath.join(settings.venv_path, "bin", "python"),
+                         "homeserver": paths.homeserver, "conf_d": paths.conf_d,
+                         "workers_dir": paths.workers_dir}  # fmt: skip
     return DesiredState(files, _directories(settings, paths), _owned_globs(paths),
-                        _readiness(settings, plan))
+                        _readiness(settings, plan), tuple(paths.secrets.values()),
+                        paths.signing_key, synapse_check)  # fmt: skip
 
 
 def _readiness(settings: Settings, plan: WorkerPlan) -> Readiness:

@@ -58,7 +58,7 @@ MANAGED_HOMESERVER_KEYS: Final = frozenset(
         "update_user_directory_from_worker", "media_instance_running_background_jobs",
         "enable_media_repo", "enable_metrics", "worker_app", "worker_name", "worker_listeners",
         "send_federation", "start_pushers", "notify_appservices", "update_user_directory",
-        "daemonize", "pid_file",
+        "daemonize", "pid_file", "trusted_key_servers", "suppress_key_server_warning",
     }
 )  # fmt: skip
 MDAD_ENTRY_KEYS: Final = frozenset(
@@ -136,6 +136,7 @@ class Settings:
     report_stats: bool
     enable_registration: bool
     log_level: str
+    trusted_key_servers: tuple[Mapping[str, Any], ...]
     configuration_extension: Mapping[str, Any]
     install_enabled: bool
     version: str
@@ -155,6 +156,7 @@ class Settings:
     replication_bind_addresses: tuple[str, ...]
     metrics_bind_addresses: tuple[str, ...]
     x_forwarded: bool
+    config_check: bool
     readiness_timeout: int
     database: DatabaseSettings
     redis: RedisSettings
@@ -287,6 +289,12 @@ def parse_settings(data: Mapping[str, Any]) -> Settings:
         enable_registration=r.boolean("matrix_synapse_enable_registration"),
         log_level=r.check("matrix_synapse_log_level", lambda v: v in LOG_LEVELS,
                           "allowed: " + ", ".join(LOG_LEVELS), "INFO"),
+        trusted_key_servers=tuple(r.check(
+            "matrix_synapse_trusted_key_servers",
+            lambda v: isinstance(v, (list, tuple)) and all(
+                isinstance(s, Mapping) and isinstance(s.get("server_name"), str) for s in v),
+            "allowed: a list of mappings with a server_name, e.g. [{'server_name': 'matrix.org'}]",
+            [])),
         configuration_extension=_read_extension(r),
         install_enabled=r.boolean("matrix_synapse_install_enabled"),
         version=r.text("matrix_synapse_version", re.compile(r"^[0-9][0-9A-Za-z.+-]*$"),
@@ -309,6 +317,7 @@ def parse_settings(data: Mapping[str, Any]) -> Settings:
         replication_bind_addresses=r.addresses("matrix_synapse_replication_bind_addresses"),
         metrics_bind_addresses=r.addresses("matrix_synapse_metrics_bind_addresses"),
         x_forwarded=r.boolean("matrix_synapse_x_forwarded"),
+        config_check=r.boolean("matrix_synapse_config_check"),
         readiness_timeout=r.integer("matrix_synapse_readiness_timeout", 0, 3600, 300),
         database=_read_database(r),
         redis=RedisSettings(

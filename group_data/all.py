@@ -21,6 +21,10 @@ matrix_synapse_report_stats = False
 # Let anyone register an account (registration_shared_secret always works for admins).
 matrix_synapse_enable_registration = False
 
+# Servers trusted to vouch for other servers' signing keys (Synapse's default is matrix.org; set
+# explicitly so Synapse does not warn at every start). [] trusts nobody but the origin servers.
+matrix_synapse_trusted_key_servers = [{"server_name": "matrix.org"}]
+
 # Root log level for main and every worker (logs go to the journal).
 matrix_synapse_log_level = "INFO"
 
@@ -81,6 +85,10 @@ matrix_synapse_metrics_bind_addresses = ["127.0.0.1"]
 
 # Trust X-Forwarded-For from the reverse proxy in front of the HTTP listeners.
 matrix_synapse_x_forwarded = True
+
+# Before restarting anything, load every changed Synapse config with the installed Synapse (one
+# process for all of them); if Synapse refuses one, put the previous files back and fail the run.
+matrix_synapse_config_check = True
 
 # Seconds a deploy waits, after (re)starting processes, for each to be ready (systemd READY=1,
 # /health on HTTP listeners, and every process subscribed to Redis) before failing the run.

@@ -1,0 +1,161 @@
+"""A real Synapse cluster on a systemd test host: PostgreSQL, Redis, nginx routing, workers.
+
+The host boots from a cached tree in which the deploy's own install script already ran
+(tests/support/synapse_tree.py), so the deploy's install step is a no-op here and the run costs
+what configuring and starting Synapse costs.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.deploying import main_pids, pyinfra, write_inventory
+from tests.support.synapse_tree import E2E_SETTINGS, ensure_synapse_tree
+from tests.support.testhost import TestHost
+
+pytestmark = pytest.mark.integration
+
+NGINX = "http://127.0.0.1:8080"
+# Runs inside the guest: one HTTP request from a JSON spec on stdin, the answer as JSON.
+CLIENT = r"""
+import json, sys, urllib.request, urllib.error
+spec = json.load(sys.stdin)
+data = None if spec.get("body") is None else json.dumps(spec["body"]).encode()
+request = urllib.request.Request(spec["url"], data=data, method=spec["method"])
+request.add_header("Content-Type", "application/json")
+if spec.get("token"):
+    request.add_header("Authorization", "Bearer " + spec["token"])
+try:
+    with urllib.request.urlopen(request, timeout=60) as response:
+        status, headers, body = response.status, dict(response.headers), response.read()
+except urllib.error.HTTPError as error:
+    status, headers, body = error.code, dict(error.headers), error.read()
+try:
+    parsed = json.loads(body or b"null")
+except ValueError:
+    parsed = body.decode(errors="replace")
+print(json.dumps({"status": status, "headers": headers, "body": parsed}))
+"""
+
+
+class Client:
+    def __init__(self, host: TestHost) -> None:
+        self.host = host
+        self.token: str | None = None
+
+    def __call__(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        spec = {"method": method, "url": NGINX + path, "body": body, "token": self.token}
+        out = self.host.ssh(f"python3 -c {json.dumps(CLIENT)!s}".replace("$", "\\$"),
+                            input=json.dumps(spec)).stdout  # fmt: skip
+        answer = json.loads(out)
+        answer["upstream"] = answer["headers"].get("X-Synapse-Upstream")
+        return answer
+
+
+@pytest.fixture(scope="module")
+def synapse_tree() -> Path:
+    return ensure_synapse_tree()
+
+
+def boot_and_deploy(tmp_path: Path, testhost_factory: Any, tree: Path,
+                    settings: dict[str, Any]) -> tuple[TestHost, Path]:  # fmt: skip
+    (host,) = testhost_factory(1, tree=tree)
+    inventory = write_inventory(tmp_path / "inventory.py", [(host, settings)], standin=False)
+    run = pyinfra(tmp_path, inventory, "-y", timeout=900)
+    assert run.returncode == 0, run.output[-6000:]
+    return host, inventory
+
+
+def register(host: TestHost, client: Client, user: str) -> None:
+    host.ssh(f"/opt/venvs/matrix-synapse/bin/register_new_matrix_user -c "
+             f"/etc/matrix-synapse/homeserver.yaml -u {user} -p pass-{user} --no-admin "
+             "http://127.0.0.1:8008")  # fmt: skip
+    login = client("POST", "/_matrix/client/v3/login", {
+        "type": "m.login.password", "identifier": {"type": "m.id.user", "user": user},
+        "password": f"pass-{user}"})  # fmt: skip
+    assert login["status"] == 200, login
+    client.token = login["body"]["access_token"]
+
+
+def one_of_each(**extra: Any) -> dict[str, Any]:
+    return {**E2E_SETTINGS, "matrix_synapse_workers_enabled": True,
+            "matrix_synapse_workers_preset": "one-of-each", **extra}  # fmt: skip
+
+
+def test_one_of_each_cluster_serves_and_routes(tmp_path: Path, testhost_factory: Any,
+                                               synapse_tree: Path) -> None:  # fmt: skip
+    host, inventory = boot_and_deploy(tmp_path, testhost_factory, synapse_tree, one_of_each())
+    units = host.ssh("systemctl list-units --no-legend --plain 'matrix-synapse*'").stdout
+    assert sum(" active " in line for line in units.splitlines()) == 16 + 2, units
+    subscribers = host.ssh("redis-cli PUBSUB NUMSUB example.org").stdout.split()
+    assert subscribers[-1] == "17"
+
+    client = Client(host)
+    register(host, client, "alice")
+    room = client("POST", "/_matrix/client/v3/createRoom", {})
+    assert room["status"] == 200, room
+    assert room["upstream"] == "generic"
+    room_id = room["body"]["room_id"]
+    txn = uuid.uuid4().hex
+    sent = client("PUT", f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{txn}",
+                  {"msgtype": "m.text", "body": "hello"})  # fmt: skip
+    assert sent["status"] == 200, sent
+    messages = client("GET", f"/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=5")
+    assert messages["status"] == 200
+    assert any(e.get("content", {}).get("body") == "hello" for e in messages["body"]["chunk"])
+    sync = client("GET", "/_matrix/client/v3/sync?timeout=0")
+    assert sync["status"] == 200 and room_id in sync["body"]["rooms"]["join"]
+
+    typing = client("PUT", f"/_matrix/client/v3/rooms/{room_id}/typing/@alice:example.org",
+                    {"typing": True, "timeout": 3000})  # fmt: skip
+    assert (typing["status"], typing["upstream"]) == (200, "stream_writer_typing"), typing
+    to_device = client("PUT", f"/_matrix/client/v3/sendToDevice/m.test/{uuid.uuid4().hex}",
+                       {"messages": {}})  # fmt: skip
+    assert (to_device["status"], to_device["upstream"]) == (200, "stream_writer_to_device")
+    rule = client("PUT", "/_matrix/client/v3/pushrules/global/override/my.rule",
+                  {"actions": ["dont_notify"], "conditions": []})  # fmt: skip
+    assert (rule["status"], rule["upstream"]) == (200, "stream_writer_push_rules"), rule
+    media = client("GET", "/_matrix/client/v1/media/config")
+    assert (media["status"], media["upstream"]) == (200, "media_repository"), media
+    logout_like = client("GET", "/_matrix/client/v3/pushers")
+    assert logout_like["upstream"] == "main"
+
+    # One more generic worker: only it starts; nothing else restarts (nginx reloads).
+    before = main_pids(host)
+    inventory.write_text(inventory.read_text().replace(
+        "'matrix_synapse_workers_preset': 'one-of-each'",
+        "'matrix_synapse_workers_preset': 'one-of-each', "
+        "'matrix_synapse_workers_generic_workers_count': 2"))  # fmt: skip
+    run = pyinfra(tmp_path, inventory, "-y", timeout=900)
+    assert run.returncode == 0, run.output[-4000:]
+    after = main_pids(host)
+    assert after["matrix-synapse-worker@generic-1.service"] > 0
+    restarted = {u for u in before if before[u] != after.get(u)}
+    assert restarted == set(), restarted
+    assert host.ssh("redis-cli PUBSUB NUMSUB example.org").stdout.split()[-1] == "18"
+    rerun = pyinfra(tmp_path, inventory)
+    assert "No changes" in rerun.output, rerun.output[-3000:]
+
+
+def test_specialized_workers_route_by_class(tmp_path: Path, testhost_factory: Any,
+                                            synapse_tree: Path) -> None:  # fmt: skip
+    settings = {**one_of_each(), "matrix_synapse_workers_preset": "specialized-workers"}
+    host, _ = boot_and_deploy(tmp_path, testhost_factory, synapse_tree, settings)
+    client = Client(host)
+    register(host, client, "bob")
+    room = client("POST", "/_matrix/client/v3/createRoom", {})
+    assert room["status"] == 200, room
+    room_id = room["body"]["room_id"]
+    sync = client("GET", "/_matrix/client/v3/sync?timeout=0")
+    assert (sync["status"], sync["upstream"]) == (200, "sync"), sync
+    messages = client("GET", f"/_matrix/client/v3/rooms/{room_id}/messages?dir=b")
+    assert (messages["status"], messages["upstream"]) == (200, "room"), messages
+    versions = client("GET", "/_matrix/client/versions")
+    assert versions["status"] == 200 and versions["upstream"] == "client_reader", versions
+    federation = client("GET", "/_matrix/federation/v1/version")
+    assert federation["upstream"] == "federation_reader", federation
