@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 STAMPS := .stamps
 # systemd-nspawn test hosts (debootstrap tree, socat bridge), psycopg2's build, ssh client.
-APT_PACKAGES := systemd-container debootstrap socat zstd openssh-client libpq-dev gcc \
+APT_PACKAGES := systemd-container debootstrap socat zstd openssh-client libpq-dev gcc nginx-light \
 	python3-venv
 
 .PHONY: test deps demo clean-cache

@@ -14,6 +14,7 @@ import jinja2
 import yaml
 
 from deploys.plan import WORKER_UNIT_TEMPLATE, Process, WorkerPlan
+from deploys.routing import render_nginx_config
 from deploys.services import EVERY_PROCESS, MAIN, TARGET_UNIT
 from deploys.settings import REPO_ROOT, Settings
 
@@ -189,6 +190,10 @@ def desired_state(settings: Settings, plan: WorkerPlan) -> DesiredState:
             render_template("synapse/worker.yaml.j2", worker=worker, **context),
             restarts=frozenset({worker.name}))
     _add_units(settings, plan, paths, add)
+    if settings.nginx_enabled:
+        # nginx reads it at reload; `nginx -t` must pass first, or the old file is put back.
+        add(settings.nginx_config_path, render_nginx_config(plan, settings.nginx), mode=0o644,
+            group="root", reloads=frozenset({"nginx.service"}), check="nginx -t -q")
     synapse_check = None
     if settings.config_check:
         synapse_check = {"python": posixpath.join(settings.venv_path, "bin", "python"),

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from deploys.worker_types import (
     ACCEPTED_WORKER_APPS,
@@ -27,6 +27,9 @@ from deploys.worker_types import (
     WORKER_TYPES,
     WORKER_TYPES_BY_MDAD_TYPE,
 )
+
+if TYPE_CHECKING:
+    from deploys.routing import NginxSettings
 
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 DEFAULTS_FILE: Final = REPO_ROOT / "group_data" / "all.py"
@@ -162,6 +165,9 @@ class Settings:
     redis: RedisSettings
     main_resource_limits: Mapping[str, str]
     workers: WorkerSettings
+    nginx_enabled: bool
+    nginx_config_path: str
+    nginx: NginxSettings
 
 
 def load_defaults() -> dict[str, Any]:
@@ -331,11 +337,37 @@ def parse_settings(data: Mapping[str, Any]) -> Settings:
             r.limits("matrix_synapse_systemd_resource_limits",
                      r.raw("matrix_synapse_systemd_resource_limits") or {})),
         workers=_read_workers(r),
+        nginx_enabled=r.boolean("matrix_synapse_nginx_enabled"),
+        nginx_config_path=r.path("matrix_synapse_nginx_config_path"),
+        nginx=_read_nginx(r),
     )  # fmt: skip
     _check_unknown_keys(data, r)
     if r.problems:
         raise SettingsError(r.problems)
     return settings
+
+
+def _read_nginx(r: _Reader) -> NginxSettings:
+    from deploys.routing import NginxSettings  # routing imports this module
+
+    def strings(key: str) -> tuple[str, ...]:
+        value = r.check(key, lambda v: isinstance(v, (list, tuple))
+                        and all(isinstance(x, str) for x in v),
+                        "allowed: a list of strings", [])  # fmt: skip
+        return tuple(value)
+
+    nginx = NginxSettings(
+        listen_addresses=strings("matrix_synapse_nginx_listen_addresses"),
+        listen_port=r.integer("matrix_synapse_nginx_listen_port", 1, 65535, 8088),
+        server_names=strings("matrix_synapse_nginx_server_names"),
+        trusted_proxies=strings("matrix_synapse_nginx_trusted_proxies"),
+        client_max_body_size=r.text("matrix_synapse_nginx_client_max_body_size", default="50M"),
+        access_log=r.check("matrix_synapse_nginx_access_log",
+                           lambda v: v is None or _is_abs_path(v),
+                           "allowed: None or an absolute path", None),
+    )  # fmt: skip
+    r.problems.extend(nginx.problems())
+    return nginx
 
 
 def _read_extension(r: _Reader) -> Mapping[str, Any]:

@@ -43,7 +43,7 @@ class Routing(enum.Enum):
     """How the reverse proxy picks a worker of this type (see deploys/routing)."""
 
     NONE = "none"  # serves no HTTP; reached only over replication / Redis
-    GENERIC = "generic"  # any generic-worker endpoint, balanced by client address
+    GENERIC = "generic"  # any generic-worker endpoint, sticky by requester (user or origin)
     ROOM = "room"  # room-scoped endpoints, sticky by room id
     SYNC = "sync"  # /sync and friends, sticky by user
     CLIENT_READER = "client_reader"  # client reads, least connections

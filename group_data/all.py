@@ -95,6 +95,26 @@ matrix_synapse_config_check = True
 matrix_synapse_readiness_timeout = 300
 
 # ---------------------------------------------------------------------------------------------
+# nginx worker routing (one server in front of main and every worker)
+# ---------------------------------------------------------------------------------------------
+
+# Render and reload the nginx routing config (checked with `nginx -t` first; never restarted).
+matrix_synapse_nginx_enabled = True
+matrix_synapse_nginx_config_path = "/etc/nginx/conf.d/matrix-synapse-workers.conf"
+# Addresses nginx's Synapse server listens on (plain HTTP; terminate TLS in front of it).
+matrix_synapse_nginx_listen_addresses = ["127.0.0.1"]
+# Its port; must differ from every Synapse listener on those addresses.
+matrix_synapse_nginx_listen_port = 8088
+# server_name values, e.g. ["matrix.example.org"]; [] answers any Host.
+matrix_synapse_nginx_server_names = []
+# IPs/CIDRs of proxies in front of nginx whose X-Forwarded-For/-Proto it believes (realip).
+matrix_synapse_nginx_trusted_proxies = []
+# Largest request body (media uploads); keep it >= Synapse's max_upload_size.
+matrix_synapse_nginx_client_max_body_size = "50M"
+# Access log with the serving upstream and address (no query strings); None disables it.
+matrix_synapse_nginx_access_log = "/var/log/nginx/matrix-synapse-workers.access.log"
+
+# ---------------------------------------------------------------------------------------------
 # PostgreSQL (workers need PostgreSQL; SQLite is not offered)
 # ---------------------------------------------------------------------------------------------
 

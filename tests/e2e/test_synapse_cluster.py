@@ -8,19 +8,23 @@ what configuring and starting Synapse costs.
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from deploys.settings import REPO_ROOT
 from tests.support.deploying import main_pids, pyinfra, write_inventory
 from tests.support.synapse_tree import E2E_SETTINGS, ensure_synapse_tree
 from tests.support.testhost import TestHost
 
 pytestmark = pytest.mark.integration
 
-NGINX = "http://127.0.0.1:8080"
+NGINX = "http://127.0.0.1:8088"
 # Runs inside the guest: one HTTP request from a JSON spec on stdin, the answer as JSON.
 CLIENT = r"""
 import json, sys, urllib.request, urllib.error
@@ -50,8 +54,7 @@ class Client:
 
     def __call__(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
         spec = {"method": method, "url": NGINX + path, "body": body, "token": self.token}
-        out = self.host.ssh(f"python3 -c {json.dumps(CLIENT)!s}".replace("$", "\\$"),
-                            input=json.dumps(spec)).stdout  # fmt: skip
+        out = self.host.ssh(f"python3 -c {shlex.quote(CLIENT)}", input=json.dumps(spec)).stdout
         answer = json.loads(out)
         answer["upstream"] = answer["headers"].get("X-Synapse-Upstream")
         return answer
@@ -94,12 +97,19 @@ def test_one_of_each_cluster_serves_and_routes(tmp_path: Path, testhost_factory:
     assert sum(" active " in line for line in units.splitlines()) == 16 + 2, units
     subscribers = host.ssh("redis-cli PUBSUB NUMSUB example.org").stdout.split()
     assert subscribers[-1] == "17"
+    verify = subprocess.run(
+        [sys.executable, "-m", "pytest", "tests/verify", f"--hosts={host.testinfra_spec()}",
+         f"--inventory={inventory}", "-q", "-p", "no:cacheprovider", "-o", "addopts="],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert verify.returncode == 0, verify.stdout[-4000:]
+    assert "live_synapse" not in verify.stdout and " passed" in verify.stdout
 
     client = Client(host)
     register(host, client, "alice")
     room = client("POST", "/_matrix/client/v3/createRoom", {})
     assert room["status"] == 200, room
-    assert room["upstream"] == "generic"
+    assert room["upstream"] == "synapse_generic"
     room_id = room["body"]["room_id"]
     txn = uuid.uuid4().hex
     sent = client("PUT", f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{txn}",
@@ -113,17 +123,17 @@ def test_one_of_each_cluster_serves_and_routes(tmp_path: Path, testhost_factory:
 
     typing = client("PUT", f"/_matrix/client/v3/rooms/{room_id}/typing/@alice:example.org",
                     {"typing": True, "timeout": 3000})  # fmt: skip
-    assert (typing["status"], typing["upstream"]) == (200, "stream_writer_typing"), typing
+    assert (typing["status"], typing["upstream"]) == (200, "synapse_stream_typing"), typing
     to_device = client("PUT", f"/_matrix/client/v3/sendToDevice/m.test/{uuid.uuid4().hex}",
                        {"messages": {}})  # fmt: skip
-    assert (to_device["status"], to_device["upstream"]) == (200, "stream_writer_to_device")
+    assert (to_device["status"], to_device["upstream"]) == (200, "synapse_stream_to_device")
     rule = client("PUT", "/_matrix/client/v3/pushrules/global/override/my.rule",
                   {"actions": ["dont_notify"], "conditions": []})  # fmt: skip
-    assert (rule["status"], rule["upstream"]) == (200, "stream_writer_push_rules"), rule
+    assert (rule["status"], rule["upstream"]) == (200, "synapse_stream_push_rules"), rule
     media = client("GET", "/_matrix/client/v1/media/config")
-    assert (media["status"], media["upstream"]) == (200, "media_repository"), media
+    assert (media["status"], media["upstream"]) == (200, "synapse_media"), media
     logout_like = client("GET", "/_matrix/client/v3/pushers")
-    assert logout_like["upstream"] == "main"
+    assert logout_like["upstream"] == "synapse_main"
 
     # One more generic worker: only it starts; nothing else restarts (nginx reloads).
     before = main_pids(host)
@@ -152,10 +162,10 @@ def test_specialized_workers_route_by_class(tmp_path: Path, testhost_factory: An
     assert room["status"] == 200, room
     room_id = room["body"]["room_id"]
     sync = client("GET", "/_matrix/client/v3/sync?timeout=0")
-    assert (sync["status"], sync["upstream"]) == (200, "sync"), sync
+    assert (sync["status"], sync["upstream"]) == (200, "synapse_sync"), sync
     messages = client("GET", f"/_matrix/client/v3/rooms/{room_id}/messages?dir=b")
-    assert (messages["status"], messages["upstream"]) == (200, "room"), messages
+    assert (messages["status"], messages["upstream"]) == (200, "synapse_room"), messages
     versions = client("GET", "/_matrix/client/versions")
-    assert versions["status"] == 200 and versions["upstream"] == "client_reader", versions
+    assert versions["status"] == 200 and versions["upstream"] == "synapse_client_reader", versions
     federation = client("GET", "/_matrix/federation/v1/version")
-    assert federation["upstream"] == "federation_reader", federation
+    assert federation["upstream"] == "synapse_federation_reader", federation

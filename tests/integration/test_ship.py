@@ -213,7 +213,8 @@ def test_verify_suite_passes_against_the_deployed_host(tmp_path: Path, host: Tes
     assert pyinfra(tmp_path, inventory, "-y").returncode == 0
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "tests/verify", f"--hosts={host.testinfra_spec()}",
-         f"--inventory={inventory}", "-q", "-p", "no:cacheprovider", "-o", "addopts="],
+         f"--inventory={inventory}", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+         "-m", "not live_synapse"],  # the stand-in opens no listeners
         cwd=REPO_ROOT, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr

@@ -1,46 +1,57 @@
-"""`make demo`: boot a throwaway local systemd host, deploy to it, verify it, keep it running.
+"""`make demo`: boot a throwaway local systemd host, deploy Synapse with the one-of-each workers to
+it (PostgreSQL, Redis and nginx on the host), run the verification suite, and keep it running.
 
-Until the real-Synapse install lands (issue "A real Synapse cluster end to end"), the units run the
-sd_notify stand-in from tests/support/standin_synapse.py; everything else is the real deploy.
+The host boots from the cached tree in which the deploy's own install script already ran
+(tests/support/synapse_tree.py; the first build takes about a minute).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 
 from deploys.settings import REPO_ROOT
-from tests.support.deploying import install_standin, write_inventory
-from tests.support.testhost import TestHost, ensure_base_tree
+from tests.support.deploying import write_inventory
+from tests.support.synapse_tree import E2E_SETTINGS, ensure_synapse_tree
+from tests.support.testhost import TestHost
 
-DEMO_SETTINGS = {"matrix_synapse_workers_enabled": True, "matrix_synapse_workers_preset": "one-of-each"}
+DEMO_SETTINGS = {**E2E_SETTINGS, "matrix_synapse_workers_enabled": True,
+                 "matrix_synapse_workers_preset": "one-of-each"}  # fmt: skip
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--exit", action="store_true", help="stop the host when done")
     args = parser.parse_args()
-    ensure_base_tree()
-    host = TestHost.start("synapse-demo")
+    host = TestHost.start("synapse-demo", tree=ensure_synapse_tree())
     try:
-        install_standin(host)
         inventory = write_inventory(Path(tempfile.mkdtemp(prefix="synapse-demo-")) / "demo.py",
-                                    [(host, DEMO_SETTINGS)])  # fmt: skip
-        pyinfra = [str(Path(sys.executable).with_name("pyinfra")), str(inventory), "deploys/synapse.py"]
-        subprocess.run([*pyinfra, "-y"], cwd=REPO_ROOT, check=True)
+                                    [(host, DEMO_SETTINGS)], standin=False)  # fmt: skip
+        pyinfra = str(Path(sys.executable).with_name("pyinfra"))
+        subprocess.run([pyinfra, "-y", str(inventory), "deploys/synapse.py"], cwd=REPO_ROOT,
+                       check=True)  # fmt: skip
         subprocess.run([sys.executable, "-m", "pytest", "tests/verify", "-q",
                         f"--hosts={host.testinfra_spec()}", f"--inventory={inventory}",
                         "-o", "addopts=", "-p", "no:cacheprovider"], cwd=REPO_ROOT, check=True)  # fmt: skip
-        print(f"\nDemo host {host.name} is up: one-of-each workers under systemd.\n"
-              f"  shell:    ssh -F {host.ssh_config} {host.name}\n"
-              f"  units:    ssh -F {host.ssh_config} {host.name} systemctl list-units 'matrix-synapse*'\n"
-              f"  redeploy: .venv/bin/pyinfra {inventory} deploys/synapse.py --dry --diff\n"
-              f"  verify:   .venv/bin/pytest tests/verify --hosts={host.testinfra_spec()} "
-              f"--inventory={inventory} -o addopts=\n")  # fmt: skip
+        port = host.forward(8088)  # nginx, in front of main and every worker
+        url = f"http://127.0.0.1:{port}/_matrix/client/versions"
+        with urllib.request.urlopen(url, timeout=30) as response:  # proves the route from here
+            versions = json.load(response)["versions"]
+        print(f"""
+Synapse (example.org) runs on {host.name} with the one-of-each workers behind nginx.
+  homeserver:  {url}  (answers: {", ".join(versions[-3:])}, ...)
+  a user:      ssh -F {host.ssh_config} {host.name} /opt/venvs/matrix-synapse/bin/register_new_matrix_user \\
+                 -c /etc/matrix-synapse/homeserver.yaml -u alice -p secret --no-admin http://127.0.0.1:8008
+  shell:       ssh -F {host.ssh_config} {host.name}
+  redeploy:    .venv/bin/pyinfra {inventory} deploys/synapse.py --dry --diff
+  verify:      .venv/bin/pytest tests/verify --hosts={host.testinfra_spec()} --inventory={inventory} -o addopts=
+""")
         if not args.exit:
             print("Press Ctrl-C to stop the demo host.")
             signal.sigwait({signal.SIGINT, signal.SIGTERM})

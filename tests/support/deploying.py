@@ -34,7 +34,7 @@ def install_standin(host: TestHost, user: str = "root") -> None:
 
 # With the stand-in there is nothing to install and no /health or Redis to wait for.
 STANDIN_SETTINGS = {"matrix_synapse_install_enabled": False, "matrix_synapse_readiness_timeout": 0,
-                    "matrix_synapse_config_check": False}
+                    "matrix_synapse_config_check": False, "matrix_synapse_nginx_enabled": False}
 
 
 def write_inventory(path: Path, hosts: list[tuple[TestHost, dict[str, Any]]],

@@ -411,6 +411,20 @@ def _run_in_tree(rootfs: Path, script: str) -> None:
 # --------------------------------------------------------------------------- cgroups and processes
 
 
+def _stop_process_group(process: subprocess.Popen[bytes], cgroup: str) -> None:
+    if process.returncode is None:  # not reaped yet, so the PID/PGID cannot have been reused
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(2)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    _kill_cgroup_leftovers(cgroup)
+    _remove_cgroups(cgroup)
+
+
 def _cgroup_roots() -> list[Path]:
     """Hierarchies nspawn uses: name=systemd + unified on hybrid hosts, else the cgroup2 root."""
     hybrid = [_CGROUP_BASE / "systemd", _CGROUP_BASE / "unified"]
@@ -550,6 +564,7 @@ class TestHost:
         self.guest_pid: int | None = None  # the guest's systemd (PID 1 inside)
         self._nspawn: subprocess.Popen[bytes] | None = None
         self._bridge: subprocess.Popen[bytes] | None = None
+        self._forwards: list[tuple[str, subprocess.Popen[bytes]]] = []
         self._claimed = False  # True once the name's cgroups and run dir are ours to clean up
 
     # ----- public API
@@ -737,30 +752,33 @@ class TestHost:
                     return int(line.split()[-1])
         return None
 
-    def _start_bridge(self, attempts: int = 5) -> None:
+    def _start_bridge(self) -> None:
         """socat on a free 127.0.0.1 port -> nsenter into the guest netns -> guest port 22."""
+        self.port, self._bridge = self._spawn_bridge(22, f"{self.name}/bridge", "bridge.log")
+
+    def forward(self, guest_port: int) -> int:
+        """Make the guest's loopback ``guest_port`` reachable on a free 127.0.0.1 port here."""
+        port, process = self._spawn_bridge(guest_port, f"{self.name}/forward-{guest_port}",
+                                           f"forward-{guest_port}.log")  # fmt: skip
+        self._forwards.append((f"{self.name}/forward-{guest_port}", process))
+        return port
+
+    def _spawn_bridge(self, guest_port: int, cgroup: str, log_name: str,
+                      attempts: int = 5) -> tuple[int, subprocess.Popen[bytes]]:  # fmt: skip
         for _ in range(attempts):
-            self.port = _free_port()
-            inner = f"nsenter -t {self.guest_pid} -n socat STDIO TCP\\:127.0.0.1\\:22"
-            cmd = [
-                "socat",
-                f"TCP-LISTEN:{self.port},bind=127.0.0.1,reuseaddr,fork",
-                f"EXEC:{inner}",
-            ]
-            with open(self.run_dir / "bridge.log", "ab") as bridge_log:
-                self._bridge = _spawn_in_cgroup(
-                    f"{self.name}/bridge", cmd, stdout=bridge_log, stderr=subprocess.STDOUT
-                )
+            port = _free_port()
+            inner = f"nsenter -t {self.guest_pid} -n socat STDIO TCP\\:127.0.0.1\\:{guest_port}"
+            cmd = ["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork", f"EXEC:{inner}"]
+            with open(self.run_dir / log_name, "ab") as bridge_log:
+                process = _spawn_in_cgroup(cgroup, cmd, stdout=bridge_log, stderr=subprocess.STDOUT)
             deadline = time.monotonic() + 5
-            while self._bridge.poll() is None and time.monotonic() < deadline:
-                if _listening(self.port):
-                    return
+            while process.poll() is None and time.monotonic() < deadline:
+                if _listening(port):
+                    return port, process
                 time.sleep(0.01)
             # Lost the race for the port (or socat failed): pick another one.
-            self._stop_bridge()
-        raise TestHostError(
-            f"socat bridge did not start:\n{self._tail(self.run_dir / 'bridge.log')}"
-        )
+            _stop_process_group(process, cgroup)
+        raise TestHostError(f"socat bridge did not start:\n{self._tail(self.run_dir / log_name)}")
 
     def _write_run_files(self) -> None:
         options = "".join(f"  {k} {v}\n" for k, v in self._ssh_options().items())
@@ -861,21 +879,12 @@ class TestHost:
     # ----- stop
 
     def _stop_bridge(self) -> None:
-        """Kill socat's whole process group: forked per-connection children die with it."""
-        bridge = self._bridge
-        if bridge is None:
-            return
-        if bridge.returncode is None:  # not reaped yet, so the PID/PGID cannot have been reused
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(bridge.pid, signal.SIGTERM)
-            try:
-                bridge.wait(2)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(bridge.pid, signal.SIGKILL)
-                bridge.wait()
-        _kill_cgroup_leftovers(f"{self.name}/bridge")
-        _remove_cgroups(f"{self.name}/bridge")
+        """Kill each socat's whole process group: forked per-connection children die with it."""
+        for cgroup, process in self._forwards:
+            _stop_process_group(process, cgroup)
+        self._forwards = []
+        if self._bridge is not None:
+            _stop_process_group(self._bridge, f"{self.name}/bridge")
         self._bridge = None
 
     def _stop_guest(self) -> None:

@@ -70,6 +70,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "unit" in metafunc.fixturenames:
         units = ["matrix-synapse.target", *(p.unit for p in want.plan.processes)]
         metafunc.parametrize("unit", units)
+    if "listener" in metafunc.fixturenames:
+        pairs = [(p.name, x) for p in want.plan.processes for x in p.listeners]
+        metafunc.parametrize("listener", [x for _, x in pairs],
+                             ids=[f"{n}-{x.purpose}-{x.port}" for n, x in pairs])  # fmt: skip
+    if "health_port" in metafunc.fixturenames:
+        ports = dict(want.state.readiness.health_ports) or {
+            p.unit: (p.listener("http") or p.listener("replication")).port  # type: ignore[union-attr]
+            for p in want.plan.processes if p.listener("http") or p.listener("replication")}
+        metafunc.parametrize("health_port", list(ports.values()), ids=list(ports))
     if "secret_path" in metafunc.fixturenames:
         secrets = list(paths_for(want.settings).secrets.values())
         metafunc.parametrize("secret_path", secrets)

@@ -1,0 +1,427 @@
+"""Where nginx sends each request, for each preset: a table of (method, path) -> upstream.
+
+The tables are checked here by a small evaluator of the rendered location list that does what
+nginx does (regex locations in file order on the decoded path, the first match wins, else
+``location /``), and the very same tables are sent through a real nginx by
+tests/nginx/test_nginx_real.py.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from typing import Any, Final
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+from deploys import endpoints
+from deploys.plan import WorkerPlan, build_plan
+from deploys.routing import (
+    MAIN_UPSTREAM,
+    POOL_BALANCE,
+    REQUESTER_HASH,
+    ROOM_HASH,
+    NginxRoutes,
+    NginxSettings,
+    nginx_routes,
+    render_nginx_config,
+)
+from deploys.settings import SettingsError, parse_settings
+from deploys.worker_types import STREAM_WRITER, STREAMS, WORKER_TYPES, Routing
+from tests.conftest import make_data
+
+# --- Plans ------------------------------------------------------------------------------------
+
+NO_STREAM_WRITERS: Final = {s.count_key: 0 for s in STREAMS}
+PLANS: Final[Mapping[str, Mapping[str, Any]]] = {
+    "monolith": {"matrix_synapse_workers_enabled": False},
+    "little-federation-helper": {"matrix_synapse_workers_preset": "little-federation-helper"},
+    "one-of-each": {"matrix_synapse_workers_preset": "one-of-each"},
+    "specialized-workers": {"matrix_synapse_workers_preset": "specialized-workers"},
+    "one-of-each-without-typing-writer": {
+        "matrix_synapse_workers_stream_writer_typing_stream_workers_count": 0,
+    },
+    "generic-only": {
+        **{t.count_key: 0 for t in WORKER_TYPES}, **NO_STREAM_WRITERS,
+        "matrix_synapse_workers_generic_workers_count": 3,
+    },
+    "130-generic": {"matrix_synapse_workers_generic_workers_count": 130},
+    "1000-workers": {  # as tests/synapse/test_real_synapse.py::test_1000_workers
+        "matrix_synapse_workers_generic_workers_count": 959,
+        "matrix_synapse_workers_stream_writer_events_stream_workers_count": 8,
+        "matrix_synapse_workers_stream_writer_receipts_stream_workers_count": 4,
+        "matrix_synapse_workers_stream_writer_device_lists_stream_workers_count": 4,
+        "matrix_synapse_workers_federation_sender_workers_count": 8,
+        "matrix_synapse_workers_pusher_workers_count": 4,
+        "matrix_synapse_workers_media_repository_workers_count": 4,
+    },
+    # several workers per sticky pool, for the stickiness checks against real nginx
+    "specialized-sharded": {
+        "matrix_synapse_workers_preset": "specialized-workers",
+        "matrix_synapse_workers_room_workers_count": 4,
+        "matrix_synapse_workers_sync_workers_count": 3,
+        "matrix_synapse_workers_federation_reader_workers_count": 3,
+        "matrix_synapse_workers_client_reader_workers_count": 2,
+        "matrix_synapse_workers_stream_writer_receipts_stream_workers_count": 2,
+    },
+}  # fmt: skip
+
+
+def build(name: str, **overrides: Any) -> WorkerPlan:
+    data = make_data(**{"matrix_synapse_workers_enabled": True, **PLANS[name], **overrides})
+    return build_plan(parse_settings(data), "host-a")
+
+
+# --- Cases ------------------------------------------------------------------------------------
+
+# id -> (method, request target as a client sends it)
+CASES: Final[Mapping[str, tuple[str, str]]] = {
+    "typing": ("PUT", "/_matrix/client/v3/rooms/!abc:x/typing/@alice:x"),
+    "send-to-device": ("PUT", "/_matrix/client/v3/sendToDevice/m.room.encrypted/txn1"),
+    "push-rules-put": ("PUT", "/_matrix/client/v3/pushrules/global/override/rule1"),
+    "push-rules-delete": ("DELETE", "/_matrix/client/v3/pushrules/global/override/rule1"),
+    "push-rules-get": ("GET", "/_matrix/client/v3/pushrules/"),
+    "account-data-put": ("PUT", "/_matrix/client/v3/user/@alice:x/account_data/m.direct"),
+    "account-data-get": ("GET", "/_matrix/client/v3/user/@alice:x/account_data/m.direct"),
+    "tags-put": ("PUT", "/_matrix/client/v3/user/@alice:x/rooms/!abc:x/tags/u.work"),
+    "tags-get": ("GET", "/_matrix/client/v3/user/@alice:x/rooms/!abc:x/tags"),
+    "receipt": ("POST", "/_matrix/client/v3/rooms/!abc:x/receipt/m.read/$ev1"),
+    "read-markers": ("POST", "/_matrix/client/v3/rooms/!abc:x/read_markers"),
+    "presence-put": ("PUT", "/_matrix/client/v3/presence/@alice:x/status"),
+    "presence-get": ("GET", "/_matrix/client/v3/presence/@alice:x/status"),
+    "keys-upload": ("POST", "/_matrix/client/v3/keys/upload"),
+    "devices": ("GET", "/_matrix/client/v3/devices"),
+    "thread-subscription": ("PUT", "/_matrix/client/unstable/io.element.msc4306/rooms/!abc:x"
+                                   "/thread/$root/subscription"),
+    "quarantine-media": ("POST", "/_synapse/admin/v1/media/quarantine/x/abc"),
+    "quarantine-room-media": ("POST", "/_synapse/admin/v1/room/!abc:x/media/quarantine"),
+    "media-download": ("GET", "/_matrix/media/v3/download/x/abc"),
+    "client-media": ("GET", "/_matrix/client/v1/media/download/x/abc"),
+    "federation-media": ("GET", "/_matrix/federation/v1/media/download/abc"),
+    "media-admin": ("GET", "/_synapse/admin/v1/room/!abc:x/media"),
+    "user-directory": ("POST", "/_matrix/client/v3/user_directory/search"),
+    "sync": ("GET", "/_matrix/client/v3/sync?since=s1&timeout=30000"),
+    "sliding-sync": ("POST", "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"),
+    "events": ("GET", "/_matrix/client/v3/events"),
+    "messages": ("GET", "/_matrix/client/v3/rooms/!abc:x/messages?dir=b"),
+    "messages-encoded": ("GET", "/_matrix/client/v3/rooms/%21abc%3Ax/messages"),
+    "send-event": ("PUT", "/_matrix/client/v3/rooms/!abc:x/send/m.room.message/txn1"),
+    "room-state": ("GET", "/_matrix/client/v3/rooms/!abc:x/state"),
+    "join": ("POST", "/_matrix/client/v3/join/%23room:x"),
+    "login": ("POST", "/_matrix/client/v3/login"),
+    "login-flows": ("GET", "/_matrix/client/r0/login"),
+    "register": ("POST", "/_matrix/client/v3/register"),
+    "versions": ("GET", "/_matrix/client/versions"),
+    "keys-query": ("POST", "/_matrix/client/v3/keys/query"),
+    "account-3pid": ("GET", "/_matrix/client/v3/account/3pid"),
+    "room-directory": ("GET", "/_matrix/client/v3/directory/room/%23room:x"),
+    "sso-redirect": ("GET", "/_matrix/client/v3/login/sso/redirect?redirectUrl=https://a/"),
+    "pick-idp": ("GET", "/_synapse/client/pick_idp"),
+    "logout": ("POST", "/_matrix/client/v3/logout"),
+    "logout-all": ("POST", "/_matrix/client/v3/logout/all"),
+    "pushers": ("GET", "/_matrix/client/v3/pushers"),
+    "room-upgrade": ("POST", "/_matrix/client/v3/rooms/!abc:x/upgrade"),
+    "add-3pid": ("POST", "/_matrix/client/v3/account/3pid/add"),
+    "directory-list": ("PUT", "/_matrix/client/v3/directory/list/room/!abc:x"),
+    "admin-user-get": ("GET", "/_synapse/admin/v2/users/@alice:x"),
+    "admin-user-put": ("PUT", "/_synapse/admin/v2/users/@alice:x"),
+    "delayed-event-get": ("GET", "/_matrix/client/unstable/org.matrix.msc4140/delayed_events/d1"),
+    "delayed-event-update": ("POST",
+                             "/_matrix/client/unstable/org.matrix.msc4140/delayed_events/d1"),
+    "admin-server-version": ("GET", "/_synapse/admin/v1/server_version"),
+    "federation-send": ("PUT", "/_matrix/federation/v1/send/txn1"),
+    "federation-event": ("GET", "/_matrix/federation/v1/event/$ev1"),
+    "federation-state-ids": ("GET", "/_matrix/federation/v1/state_ids/!abc:x?event_id=$e"),
+    "federation-userinfo": ("GET", "/_matrix/federation/v1/openid/userinfo"),
+    "key-server": ("GET", "/_matrix/key/v2/server"),
+    "key-query": ("POST", "/_matrix/key/v2/query"),
+    "well-known": ("GET", "/.well-known/matrix/server"),
+    "unknown": ("GET", "/no/such/path"),
+}  # fmt: skip
+
+M, G, CR = MAIN_UPSTREAM, "synapse_generic", "synapse_client_reader"
+ROOM, SYNC, FR = "synapse_room", "synapse_sync", "synapse_federation_reader"
+MEDIA, UD = "synapse_media", "synapse_user_directory"
+
+EVERYTHING_TO_MAIN: Final = dict.fromkeys(CASES, M)
+ONE_OF_EACH: Final = {
+    **EVERYTHING_TO_MAIN,
+    "typing": "synapse_stream_typing",
+    "send-to-device": "synapse_stream_to_device",
+    "push-rules-put": "synapse_stream_push_rules",
+    "push-rules-delete": "synapse_stream_push_rules",
+    "push-rules-get": G,
+    "account-data-put": "synapse_stream_account_data",
+    "account-data-get": G,
+    "tags-put": "synapse_stream_account_data",
+    "tags-get": G,
+    "receipt": "synapse_stream_receipts",
+    "read-markers": "synapse_stream_receipts",
+    "presence-put": "synapse_stream_presence",
+    "presence-get": G,
+    "keys-upload": "synapse_stream_device_lists",
+    "devices": "synapse_stream_device_lists",
+    "thread-subscription": M,  # the presets plan no thread_subscriptions writer
+    "quarantine-media": "synapse_stream_quarantined_media_changes",
+    "quarantine-room-media": "synapse_stream_quarantined_media_changes",
+    "media-download": MEDIA,
+    "client-media": MEDIA,
+    "federation-media": MEDIA,
+    "media-admin": MEDIA,
+    "user-directory": UD,
+    "sync": G,
+    "sliding-sync": G,
+    "events": G,
+    "messages": "synapse_generic_by_room",
+    "messages-encoded": "synapse_generic_by_room",
+    "send-event": G,
+    "room-state": G,
+    "join": G,
+    "login": G,
+    "login-flows": G,
+    "register": G,
+    "versions": G,
+    "keys-query": G,
+    "account-3pid": G,
+    "room-directory": G,
+    "admin-user-get": G,
+    "delayed-event-get": G,
+    "federation-send": G,
+    "federation-event": G,
+    "federation-state-ids": G,
+    "key-query": G,
+}
+SPECIALIZED: Final = {
+    **ONE_OF_EACH,
+    "push-rules-get": CR,
+    "account-data-get": CR,
+    "tags-get": CR,
+    "presence-get": CR,
+    "sync": SYNC,
+    "sliding-sync": SYNC,
+    "events": SYNC,
+    "messages": ROOM,
+    "messages-encoded": ROOM,
+    "send-event": ROOM,
+    "room-state": ROOM,
+    "join": ROOM,
+    "login": CR,
+    "login-flows": CR,
+    "register": CR,
+    "versions": CR,
+    "keys-query": CR,
+    "account-3pid": CR,
+    "room-directory": CR,
+    "admin-user-get": CR,
+    "delayed-event-get": CR,
+    "federation-send": FR,
+    "federation-event": FR,
+    "federation-state-ids": ROOM,
+    "key-query": FR,
+}
+GENERIC_ONLY: Final = {  # no writers, no media or user-directory worker
+    **ONE_OF_EACH,
+    **{case: M for case, upstream in ONE_OF_EACH.items() if upstream.startswith("synapse_stream")},
+    "media-download": M,
+    "client-media": M,
+    "federation-media": M,  # main, not the generic workers' federation rule (MDAD #3918)
+    "media-admin": M,
+    "user-directory": G,
+}
+EXPECTED: Final[Mapping[str, Mapping[str, str]]] = {
+    "monolith": EVERYTHING_TO_MAIN,
+    "little-federation-helper": EVERYTHING_TO_MAIN,
+    "one-of-each": ONE_OF_EACH,
+    "specialized-workers": SPECIALIZED,
+    "one-of-each-without-typing-writer": {**ONE_OF_EACH, "typing": M},
+    "generic-only": GENERIC_ONLY,
+    "130-generic": ONE_OF_EACH,
+    "1000-workers": ONE_OF_EACH,
+    "specialized-sharded": SPECIALIZED,
+}
+
+
+def table(plan_name: str) -> list[tuple[str, str, str, str]]:
+    """(case id, method, target, expected upstream) for one plan."""
+    return [(case, *CASES[case], EXPECTED[plan_name][case]) for case in CASES]
+
+
+# --- The evaluator ----------------------------------------------------------------------------
+
+
+def evaluate(routes: NginxRoutes, method: str, target: str) -> str:
+    """The upstream nginx picks: the first regex location matching the decoded path, else main."""
+    path = unquote(urlsplit(target).path)
+    for location in routes.locations:
+        if re.search(location.regex, path):
+            if location.get_upstream and method in ("GET", "HEAD"):
+                return location.get_upstream
+            return location.upstream
+    return MAIN_UPSTREAM
+
+
+@pytest.mark.parametrize("plan_name", list(EXPECTED))
+def test_every_case_reaches_the_expected_upstream(plan_name: str) -> None:
+    routes = nginx_routes(build(plan_name))
+    wrong = {case: (evaluate(routes, method, target), expected)
+             for case, method, target, expected in table(plan_name)
+             if evaluate(routes, method, target) != expected}  # fmt: skip
+    assert not wrong, f"case: (got, expected): {wrong}"
+    names = {u.name for u in routes.upstreams}
+    assert set(EXPECTED[plan_name].values()) <= names
+
+
+# --- Properties of the rules and the rendered file --------------------------------------------
+
+
+def test_no_workers_sends_everything_to_main() -> None:
+    for plan_name in ("monolith", "little-federation-helper"):
+        routes = nginx_routes(build(plan_name))
+        assert routes.locations == ()
+        assert [u.name for u in routes.upstreams] == [MAIN_UPSTREAM]
+        config = render_nginx_config(build(plan_name), NginxSettings())
+        assert "location ~" not in config and "location / {" in config
+
+
+def test_every_stream_has_its_endpoint_lists() -> None:
+    assert set(endpoints.STREAM_ENDPOINTS) == {s.name for s in STREAMS}
+    for stream in STREAMS:
+        assert bool(endpoints.STREAM_ENDPOINTS[stream.name].all) == stream.webserving, stream.name
+
+
+def test_every_routing_class_has_a_balance_and_every_routed_type_gets_traffic() -> None:
+    assert set(POOL_BALANCE) == set(Routing) - {Routing.NONE}
+    for t in WORKER_TYPES:
+        if t.routing is Routing.NONE:
+            continue
+        plan = build("generic-only", **{"matrix_synapse_workers_generic_workers_count": 0,
+                                        t.count_key: 1})  # fmt: skip
+        used = {loc.upstream for loc in nginx_routes(plan).locations}
+        assert f"synapse_{t.routing.value}" in used, t.key
+    assert STREAM_WRITER.routing is Routing.STREAM
+    for stream in STREAMS:
+        if stream.webserving:
+            plan = build("generic-only", **{stream.count_key: 1})
+            used = {loc.upstream for loc in nginx_routes(plan).locations}
+            assert f"synapse_stream_{stream.name}" in used, stream.name
+
+
+def test_endpoint_regexes_compile_and_are_not_repeated_within_a_list() -> None:
+    lists = {name: value for name, value in vars(endpoints).items()
+             if name.isupper() and isinstance(value, tuple)}  # fmt: skip
+    lists.update({f"stream {n}": e.all for n, e in endpoints.STREAM_ENDPOINTS.items()})
+    assert len(lists) > 10
+    for name, regexes in lists.items():
+        assert len(regexes) == len(set(regexes)), name
+        for regex in regexes:
+            assert regex.startswith("^/"), (name, regex)
+            re.compile(regex)
+
+
+def test_generic_workers_serve_the_union_of_the_specialised_lists() -> None:
+    specialised = (*endpoints.SYNC, *endpoints.ROOM_MESSAGES, *endpoints.ROOM_CLIENT,
+                   *endpoints.CLIENT_READER, *endpoints.USER_DIRECTORY)  # fmt: skip
+    assert set(endpoints.GENERIC_WORKER_CLIENT) == set(specialised)
+    assert set(endpoints.FEDERATION_READER) == {*endpoints.ROOM_FEDERATION, *endpoints.FEDERATION,
+                                                *endpoints.FEDERATION_INBOUND}  # fmt: skip
+    stream_regexes = {r for e in endpoints.STREAM_ENDPOINTS.values() for r in e.all}
+    assert not stream_regexes & set(endpoints.GENERIC_WORKER_CLIENT)
+
+
+def test_federation_media_comes_before_every_federation_reader_location() -> None:
+    locations = nginx_routes(build("specialized-workers")).locations
+    media = next(i for i, loc in enumerate(locations)
+                 if loc.regex == r"^/_matrix/federation/v1/media/")  # fmt: skip
+    readers = [i for i, loc in enumerate(locations) if loc.upstream == FR]
+    assert readers and media < min(readers)
+    assert locations[-1].upstream == FR  # federation readers come last
+
+
+def test_sticky_upstreams_hash_by_room_and_by_requester() -> None:
+    routes = nginx_routes(build("specialized-sharded"))
+    assert routes.upstream(ROOM).balance == ROOM_HASH
+    assert routes.upstream(SYNC).balance == REQUESTER_HASH
+    assert routes.upstream(FR).balance == REQUESTER_HASH
+    assert len(routes.upstream(ROOM).servers) == 4
+    generic = nginx_routes(build("130-generic"))
+    assert generic.upstream("synapse_generic_by_room").balance == ROOM_HASH
+    assert generic.upstream(G).balance == REQUESTER_HASH
+    assert generic.upstream(G).servers == generic.upstream("synapse_generic_by_room").servers
+
+
+def test_rendered_upstreams_use_keepalive_http11_and_name_themselves() -> None:
+    plan = build("one-of-each")
+    routes = nginx_routes(plan)
+    config = render_nginx_config(plan, NginxSettings())
+    assert "proxy_http_version 1.1;" in config
+    assert 'proxy_set_header Connection "";' in config
+    assert config.count("upstream synapse_") == len(routes.upstreams)
+    assert config.count("    keepalive ") == len(routes.upstreams)
+    assert config.count("add_header X-Synapse-Upstream ") == len(routes.locations) + 1
+    assert "log_format synapse_workers" in config and "$upstream_addr" in config
+    assert "$request " not in config  # the access log never holds a query-string token
+    for m in routes.maps:  # nginx's variables hash refuses much longer names
+        assert len(m.variable) <= 40, m.variable
+
+
+def test_settings_reach_the_server_block() -> None:
+    nginx = NginxSettings(listen_addresses=("127.0.0.1", "::1"), listen_port=8448,
+                          server_names=("matrix.example.org",), trusted_proxies=("10.0.0.0/8",),
+                          client_max_body_size="100M", access_log=None)  # fmt: skip
+    config = render_nginx_config(build("one-of-each"), nginx)
+    for line in ("listen 127.0.0.1:8448;", "listen [::1]:8448;",
+                 "server_name matrix.example.org;", "set_real_ip_from 10.0.0.0/8;",
+                 "real_ip_header X-Forwarded-For;", "client_max_body_size 100M;",
+                 "access_log off;",
+                 "proxy_set_header X-Forwarded-Proto $synapse_forwarded_proto;"):  # fmt: skip
+        assert f"    {line}\n" in config, line
+    default = render_nginx_config(build("one-of-each"), NginxSettings())
+    assert "set_real_ip_from" not in default and "X-Forwarded-Proto $scheme;" in default
+
+
+def test_nginx_on_a_synapse_port_is_refused_naming_the_setting() -> None:
+    plan = build("one-of-each")
+    with pytest.raises(SettingsError, match=r"matrix_synapse_nginx_listen_port = 15000: generic-0"):
+        render_nginx_config(plan, NginxSettings(listen_port=15000))
+    with pytest.raises(SettingsError, match="main"):
+        render_nginx_config(plan, NginxSettings(listen_addresses=("0.0.0.0",), listen_port=8008))
+    render_nginx_config(plan, NginxSettings(listen_addresses=("127.0.0.2",), listen_port=8008))
+
+
+def test_1000_workers_render_quickly_and_deterministically() -> None:
+    plan = build("1000-workers")
+    assert len(plan.workers) == 1000
+    started = time.perf_counter()
+    config = render_nginx_config(plan, NginxSettings())
+    elapsed = time.perf_counter() - started
+    assert elapsed < 1.0
+    assert render_nginx_config(plan, NginxSettings()) == config
+    routes = nginx_routes(plan)
+    assert len(routes.upstream(G).servers) == 959
+    assert len(routes.locations) < 200  # locations do not grow with workers
+
+
+@pytest.mark.parametrize(("field", "value", "key"), [
+    ("listen_addresses", ("localhost",), "matrix_synapse_nginx_listen_addresses"),
+    ("listen_addresses", (), "matrix_synapse_nginx_listen_addresses"),
+    ("listen_port", 70000, "matrix_synapse_nginx_listen_port"),
+    ("server_names", ("a.org; return 200",), "matrix_synapse_nginx_server_names"),
+    ("trusted_proxies", ("10.0.0.0/33",), "matrix_synapse_nginx_trusted_proxies"),
+    ("client_max_body_size", "50M; x", "matrix_synapse_nginx_client_max_body_size"),
+    ("access_log", "relative.log", "matrix_synapse_nginx_access_log"),
+    ("access_log", "/var/log/a b.log", "matrix_synapse_nginx_access_log"),
+])  # fmt: skip
+def test_bad_nginx_settings_are_refused_naming_the_key(field: str, value: Any, key: str) -> None:
+    nginx = NginxSettings(**{field: value})
+    assert [p.split(" = ")[0] for p in nginx.problems()] == [key]
+    with pytest.raises(SettingsError, match=key):
+        render_nginx_config(build("one-of-each"), nginx)
+
+
+def test_good_nginx_settings_have_no_problems() -> None:
+    assert NginxSettings().problems() == []
+    good = NginxSettings(("0.0.0.0", "::"), 443, ("matrix.example.org", "*.example.org"),
+                         ("10.0.0.0/8", "::1"), "1g", None)  # fmt: skip
+    assert good.problems() == []
