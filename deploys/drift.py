@@ -26,6 +26,8 @@ class HostState:
     files: dict[str, RemoteFile] = field(default_factory=dict)
     directories: dict[str, tuple[int, str, str]] = field(default_factory=dict)
     units: dict[str, UnitState] = field(default_factory=dict)
+    # A journal of changes a cut run left unfinished (restarts still owed).
+    pending: bool = False
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class Drift:
     stale: tuple[str, ...]  # owned files the plan no longer has
     directories: tuple[str, ...]  # missing or with the wrong mode/owner
     missing_secrets: tuple[str, ...]
+    pending: bool = False  # an earlier run was cut before its services were ready
+    left_alone: tuple[str, ...] = ()  # not ours by name: never touched, only listed
 
     @property
     def uploads(self) -> tuple[DesiredFile, ...]:
@@ -45,7 +49,7 @@ class Drift:
 
     def __bool__(self) -> bool:
         return bool(self.new or self.modified or self.metadata or self.stale or self.directories
-                    or self.missing_secrets)  # fmt: skip
+                    or self.missing_secrets or self.pending)  # fmt: skip
 
     def changes(self, desired: DesiredState) -> list[Change]:
         """What a run would change, for services.plan_service_actions."""
@@ -78,5 +82,10 @@ def compare(desired: DesiredState, host: HostState, secrets: Sequence[str]) -> D
     directories = [d.path for d in desired.directories
                    if host.directories.get(d.path) != (d.mode, d.owner, d.group)]  # fmt: skip
     missing = [s for s in secrets if s not in host.files]
+    left_alone = sorted(
+        path for path in host.files
+        if path not in desired.files and path.rsplit("/", 1)[0] in desired.watched_dirs
+        and not any(fnmatch.fnmatchcase(path, g) for g in desired.owned_globs)
+    )  # fmt: skip
     return Drift(tuple(new), tuple(modified), tuple(metadata), tuple(stale), tuple(directories),
-                 tuple(missing))  # fmt: skip
+                 tuple(missing), host.pending, tuple(left_alone))  # fmt: skip

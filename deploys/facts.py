@@ -13,6 +13,8 @@ from deploys.services import UnitState
 
 _SHA_LINE = re.compile(r"^([0-9a-f]{64})  (/.*)$")
 CONTENT_MARKER = "@@pyinfra-synapse-file@@"
+# Written by deploys/remote_apply.py before a run changes files, removed once services are ready.
+PENDING_PATH = "/var/lib/pyinfra-synapse/pending-changes.json"
 
 
 class SynapseHostState(FactBase[HostState]):
@@ -26,6 +28,7 @@ class SynapseHostState(FactBase[HostState]):
     + systemd_dir: directory holding the unit files
     + directories: directories whose mode and owner to report
     + extra_units: other units whose state to report (e.g. ``nginx.service``)
+    + pending_path: the journal an unfinished run leaves behind
 
     .. code:: python
 
@@ -37,9 +40,10 @@ class SynapseHostState(FactBase[HostState]):
 
     @override
     def command(self, config_dir: str, systemd_dir: str, directories: Sequence[str] = (),
-                extra_units: Sequence[str] = ()) -> StringCommand:  # fmt: skip
+                extra_units: Sequence[str] = (), pending_path: str = PENDING_PATH) -> StringCommand:  # fmt: skip
         ours = f"{systemd_dir.rstrip('/')}/matrix-synapse*"
         return StringCommand(
+            "[ -f", QuoteString(pending_path), "] && echo P;",
             "for d in", *[QuoteString(d) for d in directories] or ["''"], "; do",
             '[ -d "$d" ] && stat -c "D %a %U %G %n" "$d"; done;',
             "find", QuoteString(config_dir), QuoteString(systemd_dir), "-maxdepth 3",
@@ -68,6 +72,8 @@ class SynapseHostState(FactBase[HostState]):
             elif line.startswith("D "):
                 _, mode, owner, group, path = line.split(" ", 4)
                 state.directories[path] = (int(mode, 8), owner, group)
+            elif line == "P":
+                state.pending = True
             elif line.startswith("W "):
                 enabled.add(line[2:])
             elif line.startswith("U "):

@@ -15,7 +15,13 @@ from pyinfra.api.util import format_text
 from pyinfra.operations.util.files import generate_color_diff
 
 from deploys.drift import Drift, compare, sha256
-from deploys.facts import FileContents, PostgresDatabase, SynapseHostState, SynapseInstallation
+from deploys.facts import (
+    PENDING_PATH,
+    FileContents,
+    PostgresDatabase,
+    SynapseHostState,
+    SynapseInstallation,
+)
 from deploys.postgres import scram_matches
 from deploys.render import DesiredFile, DesiredState
 from deploys.services import ServiceActions, plan_service_actions
@@ -73,6 +79,8 @@ def apply_desired_state(
                                extra_units=extra_units)  # fmt: skip
     drift = compare(desired, host_state, (*desired.secrets, desired.signing_key))
     actions = plan_service_actions(drift.changes(desired), planned_workers, host_state.units)
+    if drift.left_alone and (not state.is_executing or not state.check_for_changes):
+        host.log(f"Leaving alone (not ours by name): {', '.join(drift.left_alone)}", logger.info)
     if not drift and not actions:
         host.noop(f"{len(desired.files)} files and {len(planned_workers)} workers already as planned")
         return
@@ -100,6 +108,8 @@ def _archive(desired: DesiredState, drift: Drift, planned_workers: Sequence[str]
     user, group, home = account
     manifest = {
         "lock_path": LOCK_PATH,
+        "pending_path": PENDING_PATH,
+        "watched_dirs": list(desired.watched_dirs),
         "lock_timeout": lock_timeout,
         "user": user, "group": group, "home": home,
         "directories": [{"path": d.path, "mode": d.mode, "owner": d.owner, "group": d.group}
@@ -149,6 +159,8 @@ def _show_diff(drift: Drift, actions: ServiceActions, config_dir: str) -> None:
         host.log(f"Will create or fix directory {path}", logger.info)
     for path in drift.missing_secrets:
         host.log(f"Will generate secret {path}", logger.info)
+    if drift.pending:
+        host.log("Will finish the restarts an earlier, interrupted run left pending", logger.info)
     for command in actions.commands():
         host.log(f"Will run: {' '.join(command)}", logger.info)
 

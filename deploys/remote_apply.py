@@ -30,6 +30,7 @@ import json
 import os
 import pwd
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -47,15 +48,22 @@ class ApplyError(Exception):
 
 
 def main(stage: str) -> int:
+    # Finish even if the SSH connection drops: the journal covers kills, this covers hangups.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     manifest = json.loads(Path(stage, "manifest.json").read_text())
     try:
         with host_lock(manifest["lock_path"], manifest["lock_timeout"]):
             summary = apply(manifest, Path(stage))
     except ApplyError as error:
-        print(f"pyinfra-synapse: error: {error}", file=sys.stderr)
+        report(f"pyinfra-synapse: error: {error}", sys.stderr)
         return 1
-    print("pyinfra-synapse: " + json.dumps(summary, sort_keys=True))
+    report("pyinfra-synapse: " + json.dumps(summary, sort_keys=True), sys.stdout)
     return 0
+
+
+def report(line: str, stream: Any) -> None:
+    with contextlib.suppress(OSError):  # the controller may be gone; the work is done anyway
+        print(line, file=stream, flush=True)
 
 
 @contextlib.contextmanager
@@ -95,21 +103,39 @@ def apply(manifest: dict[str, Any], stage: Path) -> dict[str, Any]:
     if manifest.get("signing_key") and ensure_signing_key(manifest["signing_key"], manifest["user"],
                                                           manifest["group"]):  # fmt: skip
         generated.append(manifest["signing_key"])
-    changes: list[services.Change] = []
+
+    # Journal what this run will change BEFORE the first file changes, and clear it only once the
+    # services are ready: a run killed in between leaves it behind, and the next run (which sees
+    # it through the host fact) replays the restarts even though the files already match.
+    journal = Path(manifest["pending_path"])
+    pending = load_pending(journal)
+    to_write = [e for e in manifest["files"] if content_differs(e)]
+    stale = stale_files(manifest)
+    planned = [change_for(e) for e in to_write] + [change for _, change in stale]
+    save_pending(journal, pending + planned)
+
     previous: dict[str, tuple[bytes, int, int, int] | None] = {}
     checks: dict[str, str] = {}
+    written: list[services.Change] = []
     for entry in manifest["files"]:
         change = install_file(entry, stage, previous)
         if change is not None:
-            changes.append(change)
+            written.append(change)
             if entry.get("check"):
                 checks.setdefault(entry["check"], f"{entry['path']} (`{entry['check']}`)")
-    synapse_check = synapse_check_command(manifest.get("synapse_check"), changes, stage)
+    synapse_check = synapse_check_command(manifest.get("synapse_check"), written, stage)
     if synapse_check:
         checks[synapse_check] = "the new Synapse configuration (loaded with the installed Synapse)"
-    run_checks(checks, previous)
-    removed = remove_stale_files(manifest)
-    changes += [services.Change(p, frozenset(r), u) for p, r, u in removed]
+    try:
+        run_checks(checks, previous)
+    except ApplyError:
+        save_pending(journal, pending)  # nothing of this run reached the host
+        raise
+    for path, _ in stale:
+        remove_owned_file(path, manifest["systemd_dir"])
+    remove_leftover_temporaries(manifest)
+
+    changes = pending + written + [change for _, change in stale]
     units = unit_states(manifest["systemd_dir"], manifest["planned_workers"],
                         manifest.get("extra_units", []))  # fmt: skip
     actions = services.plan_service_actions(changes, manifest["planned_workers"], units)
@@ -117,8 +143,11 @@ def apply(manifest: dict[str, Any], stage: Path) -> dict[str, Any]:
     touched = [*(["matrix-synapse.service"] if actions.restart_main or actions.start_main else []),
                *actions.restart_workers, *(u for u in actions.start if u.endswith(".service"))]
     wait_until_ready(touched, manifest.get("readiness") or {})
+    journal.unlink(missing_ok=True)
     return {
-        "changed": sorted(c.path for c in changes),
+        "changed": sorted({c.path for c in written} | {p for p, _ in stale}),
+        "replayed": sorted({c.path for c in pending}),
+        "left_alone": left_alone(manifest),
         "generated_secrets": generated,
         "stopped": list(actions.stop),
         "disabled": list(actions.disable),
@@ -129,6 +158,35 @@ def apply(manifest: dict[str, Any], stage: Path) -> dict[str, Any]:
         "started": (["matrix-synapse.service"] if actions.start_main else []) + list(actions.start),
         "reloaded": list(actions.reload),
     }
+
+
+def change_for(entry: dict[str, Any]) -> services.Change:
+    return services.Change(entry["path"], frozenset(entry["restarts"]), entry["unit_file"],
+                           frozenset(entry.get("reloads", ())))  # fmt: skip
+
+
+def load_pending(journal: Path) -> list[services.Change]:
+    try:
+        items = json.loads(journal.read_text())
+    except (FileNotFoundError, ValueError):
+        return []
+    return [services.Change(i["path"], frozenset(i["restarts"]), i["unit_file"],
+                            frozenset(i["reloads"])) for i in items]  # fmt: skip
+
+
+def save_pending(journal: Path, changes: list[services.Change]) -> None:
+    if not changes:
+        journal.unlink(missing_ok=True)
+        return
+    items = [{"path": c.path, "restarts": sorted(c.restarts), "unit_file": c.unit_file,
+              "reloads": sorted(c.reloads)} for c in changes]  # fmt: skip
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(str(journal), json.dumps(items).encode(), 0o600, 0, 0)
+
+
+def content_differs(entry: dict[str, Any]) -> bool:
+    current = file_state(entry["path"])
+    return current is None or current[0] != entry["sha256"]
 
 
 def ensure_account(user: str, group: str, home: str) -> None:
@@ -267,25 +325,48 @@ def write_atomically(path: str, content: bytes, mode: int, uid: int, gid: int) -
         os.close(dir_fd)
 
 
-def remove_stale_files(manifest: dict[str, Any]) -> list[tuple[str, list[str], bool]]:
-    """Remove owned files the plan no longer has; leftovers of a cut run go too."""
+def stale_files(manifest: dict[str, Any]) -> list[tuple[str, services.Change]]:
+    """Owned files (by our naming) that the plan no longer has, with what removing them means."""
     wanted = {entry["path"] for entry in manifest["files"]}
-    removed = []
+    systemd_dir = manifest["systemd_dir"] + "/"
+    stale = []
     for pattern in manifest["owned_globs"]:
         for path in sorted(glob.glob(pattern)):
             if path in wanted or not os.path.isfile(path):
                 continue
-            os.unlink(path)
-            name = os.path.basename(path)[: -len(".yaml")] if path.endswith(".yaml") else None
-            unit_file = path.startswith(manifest["systemd_dir"] + "/")
-            removed.append((path, [name] if name and not unit_file else [], unit_file))
-            if unit_file:
-                with contextlib.suppress(OSError):  # the drop-in directory, once empty
-                    os.rmdir(os.path.dirname(path))
+            unit_file = path.startswith(systemd_dir)
+            worker = os.path.basename(path).removesuffix(".yaml")
+            restarts = frozenset() if unit_file or not path.endswith(".yaml") else {worker}
+            stale.append((path, services.Change(path, frozenset(restarts), unit_file)))
+    return stale
+
+
+def remove_owned_file(path: str, systemd_dir: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    if path.startswith(systemd_dir + "/"):
+        with contextlib.suppress(OSError):  # the drop-in directory, once empty
+            os.rmdir(os.path.dirname(path))
+
+
+def remove_leftover_temporaries(manifest: dict[str, Any]) -> None:
+    """Temporary files a cut run left behind; never a live file."""
     for directory in {os.path.dirname(e["path"]) for e in manifest["files"]}:
         for tmp in glob.glob(os.path.join(glob.escape(directory), f".*{TMP_SUFFIX}")):
-            os.unlink(tmp)  # a temporary file left by a cut run; never a live file
-    return removed
+            os.unlink(tmp)
+
+
+def left_alone(manifest: dict[str, Any]) -> list[str]:
+    """Files in directories we write to that do not match our naming: never touched, listed."""
+    wanted = {e["path"] for e in manifest["files"]}
+    owned = {p for pattern in manifest["owned_globs"] for p in glob.glob(pattern)}
+    found = []
+    for directory in manifest.get("watched_dirs", []):
+        for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+            path = os.path.join(directory, name)
+            if os.path.isfile(path) and path not in wanted and path not in owned:
+                found.append(path)
+    return found
 
 
 def unit_states(systemd_dir: str, planned: list[str],

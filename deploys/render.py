@@ -138,6 +138,8 @@ class DesiredState:
     signing_key: str
     # How the host checks Synapse configs before restarting (None: no check).
     synapse_check: Mapping[str, str] | None
+    # Directories we write into but share: files there that are not ours are listed, never touched.
+    watched_dirs: tuple[str, ...] = ()
 
 
 @functools.cache
@@ -201,7 +203,7 @@ def desired_state(settings: Settings, plan: WorkerPlan) -> DesiredState:
                          "workers_dir": paths.workers_dir}  # fmt: skip
     return DesiredState(files, _directories(settings, paths), _owned_globs(paths),
                         _readiness(settings, plan), tuple(paths.secrets.values()),
-                        paths.signing_key, synapse_check)  # fmt: skip
+                        paths.signing_key, synapse_check, (paths.workers_dir, paths.conf_d))  # fmt: skip
 
 
 def _readiness(settings: Settings, plan: WorkerPlan) -> Readiness:

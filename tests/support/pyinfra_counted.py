@@ -25,7 +25,7 @@ _run, _put = SSHConnector.run_shell_command, SSHConnector.put_file
 def _counted_run(self, command, *args, **kwargs):
     commands[self.host.name] += 1
     raw = command.get_raw_value() if hasattr(command, "get_raw_value") else command
-    command_lines[self.host.name].append(str(raw)[:200])
+    command_lines[self.host.name].append(str(raw))
     return _run(self, command, *args, **kwargs)
 
 
