@@ -213,3 +213,25 @@ class PostgresDatabase(FactBase[dict[str, object]]):
             elif kind == "max":
                 result["max_connections"] = int(rest)
         return result
+
+
+class MachineId(FactBase[str]):
+    """
+    Returns the host's ``/etc/machine-id`` (empty if there is none).
+
+    .. code:: python
+
+        host.get_fact(MachineId)
+    """
+
+    @staticmethod
+    def default() -> str:
+        return ""
+
+    @override
+    def command(self) -> str:
+        return "cat /etc/machine-id 2>/dev/null || true"
+
+    @override
+    def process(self, output: list[str]) -> str:
+        return output[0].strip() if output else ""

@@ -9,6 +9,8 @@ from pyinfra.api.exceptions import PyinfraError
 
 from deploys.configure import configure_synapse
 from deploys.database_deploy import database
+from deploys.facts import MachineId
+from deploys.identity import claim_machine
 from deploys.install_deploy import install
 from deploys.plan import build_plan
 from deploys.settings import SettingsError, parse_settings
@@ -16,6 +18,8 @@ from deploys.settings import SettingsError, parse_settings
 try:
     settings = parse_settings(host.data.dict())
     plan = build_plan(settings, host.name)
+    # Read-only, at load time: every host of the run is checked before any operation runs.
+    claim_machine(host.name, host.get_fact(MachineId), settings.config_dir)
 except SettingsError as error:
     raise PyinfraError(f"{host.name}: {error}") from None
 

@@ -67,9 +67,10 @@ def test_first_deploy_creates_everything_and_a_rerun_changes_nothing(tmp_path: P
     assert second.returncode == 0, second.output
     assert "No changes" in second.output
     assert second.uploads.get(host.name, 0) == 0
-    # The only remote commands are the state fact, once per pyinfra pass: no systemctl write.
-    assert second.commands[host.name] == 2
-    for command in second.command_lines[host.name]:
+    # The only remote commands are the machine-id read and the state fact, once per pyinfra
+    # pass: no upload, no systemctl write.
+    assert second.commands[host.name] == 3
+    for command in second.command_lines[host.name][1:]:
         assert "sha256sum" in command and "systemctl show" in command, command
         assert not any(w in command for w in ("restart", "enable", "start ", "base64 -d"))
     assert host_snapshot(host) == before
@@ -205,8 +206,9 @@ def test_round_trips_do_not_grow_with_workers(tmp_path: Path, host: TestHost, wo
     rerun = deploy(tmp_path, host, data)
     counts = (first.commands[host.name], first.uploads.get(host.name, 0),
               rerun.commands[host.name], rerun.uploads.get(host.name, 0))  # fmt: skip
-    # normal runs: first = fact (prepare) + fact + apply (archive on stdin); rerun = fact twice
-    assert counts == (3, 0, 2, 0), (workers, counts, first.command_lines)
+    # normal runs: first = machine-id + fact (prepare) + fact + apply (archive on stdin);
+    # rerun = machine-id + fact twice
+    assert counts == (4, 0, 3, 0), (workers, counts, first.command_lines)
 
 
 def test_verify_suite_passes_against_the_deployed_host(tmp_path: Path, host: TestHost) -> None:

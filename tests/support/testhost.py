@@ -71,6 +71,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -718,8 +719,12 @@ class TestHost:
             "--volatile=overlay",
             "--console=read-only",
             "--private-network",
-            # Guests share one machine-id; never let them link their journals into the host's.
             "--link-journal=no",
+            # Each guest is its own machine: the deploy refuses two inventory hosts on one
+            # machine-id (the tree's own id would make every guest look like the same machine).
+            f"--bind-ro={self._machine_id_file()}:/etc/machine-id",
+            # ...and that bind mount must stay: mask the unit that would try to "commit" it.
+            "--bind-ro=/dev/null:/etc/systemd/system/systemd-machine-id-commit.service",
         ]
         with open(self.console_log, "wb") as console:
             self._nspawn = _spawn_in_cgroup(
@@ -779,6 +784,11 @@ class TestHost:
             # Lost the race for the port (or socat failed): pick another one.
             _stop_process_group(process, cgroup)
         raise TestHostError(f"socat bridge did not start:\n{self._tail(self.run_dir / log_name)}")
+
+    def _machine_id_file(self) -> Path:
+        path = self.run_dir / "machine-id"
+        path.write_text(uuid.uuid4().hex + "\n")
+        return path
 
     def _write_run_files(self) -> None:
         options = "".join(f"  {k} {v}\n" for k, v in self._ssh_options().items())

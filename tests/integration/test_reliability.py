@@ -1,0 +1,124 @@
+"""Reliability on real systemd hosts: cut connections, duplicated machines, garbage on the host."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.bench.latency_proxy import Cut, LatencyProxy
+from tests.support.deploying import install_standin, pyinfra, write_inventory
+from tests.support.testhost import TestHost
+
+pytestmark = pytest.mark.integration
+
+WORKERS = 130
+CUT_FRACTIONS = (0.02, 0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 0.97)
+
+
+def settings(cp_max: int) -> dict[str, Any]:
+    # cp_max is in every worker file: changing it rewrites 145 files and restarts 145 workers.
+    return {"matrix_synapse_workers_enabled": True,
+            "matrix_synapse_workers_generic_workers_count": WORKERS - 15,
+            "matrix_synapse_database_workers_cp_max": cp_max}  # fmt: skip
+
+
+@pytest.fixture
+def host(testhost: TestHost) -> TestHost:
+    install_standin(testhost)
+    return testhost
+
+
+def managed_hashes(host: TestHost) -> dict[str, str]:
+    out = host.ssh("find /etc/matrix-synapse /etc/systemd/system -path '*matrix-synapse*' "
+                   "-type f ! -path '*/secrets/*' -exec sha256sum {} +").stdout  # fmt: skip
+    return {path: digest for digest, path in (line.split("  ", 1) for line in out.splitlines())}
+
+
+def enabled_workers(host: TestHost) -> set[str]:
+    out = host.ssh("ls /etc/systemd/system/matrix-synapse.target.wants/").stdout
+    return {u for u in out.split() if u.startswith("matrix-synapse-worker@")}
+
+
+def deploy(tmp_path: Path, host: TestHost, data: dict[str, Any], port: int | None = None):
+    name, connection = host.inventory_entry()
+    inventory = write_inventory(tmp_path / "inventory.py", [(host, data)])
+    if port is not None:  # through the proxy
+        inventory.write_text(inventory.read_text().replace(
+            f"'ssh_port': {connection['ssh_port']}", f"'ssh_port': {port}"))  # fmt: skip
+    return pyinfra(tmp_path, inventory, "-y", timeout=300)
+
+
+def test_cut_connections_leave_old_or_new_files_and_the_next_run_converges(
+        tmp_path: Path, host: TestHost) -> None:  # fmt: skip
+    assert deploy(tmp_path, host, settings(4)).returncode == 0
+    new = managed_hashes(host)
+    assert deploy(tmp_path, host, settings(3)).returncode == 0
+    old = managed_hashes(host)
+    planned = enabled_workers(host)
+    assert len(planned) == WORKERS and old.keys() == new.keys() and old != new
+
+    with LatencyProxy("127.0.0.1", host.port, delay=0) as proxy:  # measure a whole run's bytes
+        assert deploy(tmp_path, host, settings(4), proxy.port).returncode == 0
+        total = sum(c.up + c.down for c in proxy.connections)
+    assert deploy(tmp_path, host, settings(3)).returncode == 0
+
+    outcomes = []
+    for fraction in CUT_FRACTIONS:
+        cut = Cut(after_bytes=int(total * fraction), direction="total")
+        with LatencyProxy("127.0.0.1", host.port, delay=0, cut=cut) as proxy:
+            run = deploy(tmp_path, host, settings(4), proxy.port)
+        outcomes.append((fraction, run.returncode))
+        # Whatever the cut hit, every managed file is exactly its old or its new version...
+        for path, digest in managed_hashes(host).items():
+            assert digest in (old[path], new[path]), (fraction, path)
+        # ...no planned worker is disabled...
+        assert enabled_workers(host) == planned, fraction
+        # ...and the next run converges with no manual step.
+        again = deploy(tmp_path, host, settings(4))
+        assert again.returncode == 0, (fraction, again.output[-3000:])
+        assert managed_hashes(host) == new
+        assert "No changes" in pyinfra(tmp_path, tmp_path / "inventory.py").output
+        assert deploy(tmp_path, host, settings(3)).returncode == 0  # back to the old plan
+    # The cuts really interrupted runs (the early ones at least fail on the controller).
+    assert sum(rc != 0 for _, rc in outcomes) >= len(CUT_FRACTIONS) // 2, outcomes
+    print(f"cut points tried: {len(CUT_FRACTIONS)} of {total} bytes: {outcomes}")
+
+
+def test_one_machine_listed_twice_is_refused_before_any_change(tmp_path: Path,
+                                                               host: TestHost) -> None:  # fmt: skip
+    name, connection = host.inventory_entry()
+    data = {**connection, "matrix_domain": "example.org", "matrix_synapse_install_enabled": False,
+            "matrix_synapse_readiness_timeout": 0, "matrix_synapse_config_check": False,
+            "matrix_synapse_nginx_enabled": False}  # fmt: skip
+    inventory = tmp_path / "inventory.py"
+    inventory.write_text(f"hosts = {[('alias-a', data), ('alias-b', data)]!r}\n")
+    run = pyinfra(tmp_path, inventory, "-y")
+    assert run.returncode != 0
+    assert "alias-a" in run.output and "alias-b" in run.output
+    assert "same machine" in run.output
+    assert host.ssh("test -e /etc/matrix-synapse", check=False).returncode == 1
+
+
+def test_garbage_on_the_host_is_handled_predictably(tmp_path: Path, host: TestHost) -> None:
+    assert deploy(tmp_path, host, settings(3) | {
+        "matrix_synapse_workers_generic_workers_count": 2}).returncode == 0  # fmt: skip
+    host.ssh(
+        "echo '{not: [yaml' > /etc/matrix-synapse/workers/generic-1.yaml; "  # ours, corrupted
+        "echo 'hello' > /etc/matrix-synapse/workers/notes.txt; "  # not ours by name
+        "echo 'worker_app: x' > /etc/matrix-synapse/workers/hand-made.yaml; "  # ours by name
+        "systemctl enable matrix-synapse-worker@hand-made.service; "
+        "echo 'x: 1' > /etc/matrix-synapse/conf.d/local.yaml"  # an operator's own conf.d file
+    )
+    run = deploy(tmp_path, host, settings(3) | {"matrix_synapse_workers_generic_workers_count": 2})
+    assert run.returncode == 0, run.output[-3000:]
+    files = set(host.ssh("ls /etc/matrix-synapse/workers").stdout.split())
+    assert "notes.txt" in files and "hand-made.yaml" not in files
+    assert "worker_app: synapse.app.generic_worker" in host.ssh(
+        "cat /etc/matrix-synapse/workers/generic-1.yaml").stdout
+    assert "hand-made" not in " ".join(enabled_workers(host))
+    assert host.ssh("cat /etc/matrix-synapse/conf.d/local.yaml").stdout == "x: 1\n"
+    dry = pyinfra(tmp_path, tmp_path / "inventory.py", "--dry")
+    assert "Leaving alone (not ours by name)" in dry.output
+    assert "/etc/matrix-synapse/workers/notes.txt" in dry.output
