@@ -1,0 +1,94 @@
+"""Real faults against a real Synapse cluster: a killed apply, a worker that cannot start."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.deploying import main_pids, pyinfra, write_inventory
+from tests.support.synapse_tree import E2E_SETTINGS, ensure_synapse_tree
+from tests.support.testhost import TestHost
+
+pytestmark = pytest.mark.integration
+
+BASE = {**E2E_SETTINGS, "matrix_synapse_workers_enabled": True,
+        "matrix_synapse_workers_preset": "one-of-each"}  # fmt: skip
+
+
+class Cluster:
+    def __init__(self, host: TestHost, folder: Path) -> None:
+        self.host, self.folder = host, folder
+
+    def deploy(self, *args: str, **settings: Any):
+        inventory = write_inventory(self.folder / "inventory.py", [(self.host, {**BASE, **settings})],
+                                    standin=False)  # fmt: skip
+        return pyinfra(self.folder, inventory, *args, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    host = TestHost.start(f"e2e-faults-{int(time.time()) % 100000}", tree=ensure_synapse_tree())
+    try:
+        cluster = Cluster(host, tmp_path_factory.mktemp("faults"))
+        first = cluster.deploy("-y")
+        assert first.returncode == 0, first.output[-4000:]
+        yield cluster
+    finally:
+        host.stop()
+
+
+def test_a_killed_apply_is_finished_by_the_next_run(cluster: Cluster) -> None:
+    host = cluster.host
+    before = main_pids(host)
+    runs: list[Any] = []
+    deploying = threading.Thread(target=lambda: runs.append(
+        cluster.deploy("-y", matrix_synapse_log_level="WARNING")))  # fmt: skip
+    deploying.start()
+    # Wait until the new files are in place and Synapse is checking them, then kill the apply:
+    # the restarts they need have not happened yet.
+    host.ssh("for i in $(seq 600); do pgrep -f [s]ynapse_check.py >/dev/null && break; sleep 0.05; "
+             "done; pkill -9 -f [r]emote_apply.py; pkill -9 -f [s]ynapse_check.py")  # fmt: skip
+    deploying.join()
+    assert runs[0].returncode != 0
+    assert "level: WARNING" in host.ssh("cat /etc/matrix-synapse/log.yaml").stdout
+    assert host.ssh("test -f /var/lib/pyinfra-synapse/pending-changes.json",
+                    check=False).returncode == 0  # fmt: skip
+    assert main_pids(host) == before  # killed before any restart
+
+    again = cluster.deploy("-y", matrix_synapse_log_level="WARNING")
+    assert again.returncode == 0, again.output[-4000:]
+    after = main_pids(host)
+    restarted = {u for u in before if u.endswith(".service") and before[u] != after[u]}
+    assert restarted == {u for u in before if u.endswith(".service")}  # main and every worker
+    assert host.ssh("test -f /var/lib/pyinfra-synapse/pending-changes.json",
+                    check=False).returncode == 1  # fmt: skip
+    assert "No changes" in cluster.deploy(matrix_synapse_log_level="WARNING").output
+
+
+def test_a_worker_that_cannot_start_fails_the_run_naming_it(cluster: Cluster) -> None:
+    host = cluster.host
+    before = main_pids(host)
+    # Port 5432 passes our validation (no Synapse listener has it) but PostgreSQL holds it.
+    broken = {"matrix_synapse_log_level": "WARNING",
+              "matrix_synapse_workers_generic_workers_port_range_start": 5432}  # fmt: skip
+    run = cluster.deploy("-y", **broken)
+    assert run.returncode != 0
+    assert "matrix-synapse-worker@generic-0.service" in run.output
+    assert "journal tail" in run.output
+    after = main_pids(host)
+    others = {u for u in before if u.endswith(".service") and "generic-0" not in u}
+    assert {u for u in others if before[u] != after[u]} == set()  # the others keep running
+    assert all(after[u] > 0 for u in others)
+
+    retry = cluster.deploy("-y", **broken)  # the next run tries again (and fails again)
+    assert retry.returncode != 0 and "generic-0" in retry.output
+
+    fixed = cluster.deploy("-y", matrix_synapse_log_level="WARNING")
+    assert fixed.returncode == 0, fixed.output[-4000:]
+    assert main_pids(host)["matrix-synapse-worker@generic-0.service"] > 0
+    assert "No changes" in cluster.deploy(matrix_synapse_log_level="WARNING").output
