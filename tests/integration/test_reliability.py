@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from deploys.plan import build_plan
+from deploys.settings import SettingsError, parse_settings
 from tests.bench.latency_proxy import Cut, LatencyProxy
-from tests.support.deploying import install_standin, pyinfra, write_inventory
+from tests.conftest import make_data
+from tests.support.deploying import STANDIN_SETTINGS, install_standin, pyinfra, write_inventory
 from tests.support.testhost import TestHost
+from tests.unit.test_settings import BAD_INPUTS
 
 pytestmark = pytest.mark.integration
 
@@ -122,3 +128,52 @@ def test_garbage_on_the_host_is_handled_predictably(tmp_path: Path, host: TestHo
     dry = pyinfra(tmp_path, tmp_path / "inventory.py", "--dry")
     assert "Leaving alone (not ours by name)" in dry.output
     assert "/etc/matrix-synapse/workers/notes.txt" in dry.output
+
+
+@pytest.fixture(scope="module")
+def untouched_host(base_tree: Path) -> Iterator[TestHost]:
+    host = TestHost.start(f"bad-input-{uuid.uuid4().hex[:6]}", tree=base_tree)
+    try:
+        yield host
+    finally:
+        host.stop()
+
+
+@pytest.mark.parametrize(("overrides", "key", "allowed"), BAD_INPUTS,
+                         ids=[f"{i:02d}-{case[1]}" for i, case in enumerate(BAD_INPUTS)])  # fmt: skip
+def test_bad_input_stops_the_cli_with_the_exact_message_and_changes_nothing(
+        tmp_path: Path, untouched_host: TestHost, overrides: dict[str, Any], key: str,
+        allowed: str) -> None:  # fmt: skip
+    inventory = write_inventory(tmp_path / "inventory.py", [(untouched_host, overrides)])
+    with pytest.raises(SettingsError) as expected:
+        build_plan(parse_settings(make_data(**STANDIN_SETTINGS, **overrides)), untouched_host.name)
+    line = next(p for p in expected.value.problems if p.startswith(key))
+    run = pyinfra(tmp_path, inventory, "-y")
+    assert run.returncode != 0
+    assert line in run.output  # exactly what the settings layer says, key, value and rule
+    assert untouched_host.ssh("test -e /etc/matrix-synapse || test -e /var/lib/pyinfra-synapse",
+                              check=False).returncode == 1  # fmt: skip
+
+
+def test_secrets_are_private_generated_once_and_never_printed(tmp_path: Path, host: TestHost) -> None:
+    password = "db-password-" + uuid.uuid4().hex
+    data = {**settings(3), "matrix_synapse_workers_generic_workers_count": 2,
+            "matrix_synapse_database_password": password}  # fmt: skip
+    first = deploy(tmp_path, host, data)
+    assert first.returncode == 0, first.output[-3000:]
+    listing = host.ssh("stat -c '%a %U %n' /etc/matrix-synapse/secrets/*").stdout.splitlines()
+    assert len(listing) == 6  # 4 shared secrets, signing key, database pgpass
+    assert all(line.startswith("600 matrix-synapse ") for line in listing), listing
+    values = host.ssh("cat /etc/matrix-synapse/secrets/replication; echo; "
+                      "cat /etc/matrix-synapse/secrets/macaroon").stdout.split()  # fmt: skip
+    # A change that rewrites the pgpass file and restarts everything, at the most verbose level.
+    changed = {**data, "matrix_synapse_database_password": password + "-2"}
+    inventory = write_inventory(tmp_path / "inventory.py", [(host, changed)])
+    for args in (["--dry", "--diff", "-vvv"], ["-y", "--diff", "-vvv"]):
+        run = pyinfra(tmp_path, inventory, *args)
+        assert run.returncode == 0, run.output[-3000:]
+        for secret in (password, password + "-2", *values):
+            assert secret not in run.output
+    # Generated once: the shared secrets did not change across runs.
+    assert host.ssh("cat /etc/matrix-synapse/secrets/replication; echo; "
+                    "cat /etc/matrix-synapse/secrets/macaroon").stdout.split() == values  # fmt: skip
