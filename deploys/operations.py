@@ -43,8 +43,9 @@ def apply_desired_state(
 ):
     """
     Converge every file, worker and unit of a Synapse host: write new and changed files, remove
-    the files of workers no longer planned, and start, restart, enable or disable units — all as
-    one archive upload plus one remote command, whatever the number of workers.
+    the files of workers no longer planned, and start, restart, enable or disable units — all in
+    one remote command that carries an archive of the changed files on its standard input,
+    whatever the number of workers.
 
     + desired: the rendered file set (``deploys.render.desired_state``)
     + planned_workers: the name of every planned worker
@@ -52,8 +53,6 @@ def apply_desired_state(
     + config_dir: Synapse's configuration directory
     + systemd_dir: directory for unit files and drop-ins
     + lock_timeout: seconds to wait for another deploy holding the host lock
-
-    New and changed files travel as one gzip archive on the apply command's standard input.
 
     Changes are applied on the host under a lock (flock on ``/run/lock/pyinfra-synapse.lock``):
     each file is written to a temporary file in its directory and renamed into place, so a cut

@@ -92,3 +92,21 @@ def test_a_worker_that_cannot_start_fails_the_run_naming_it(cluster: Cluster) ->
     assert fixed.returncode == 0, fixed.output[-4000:]
     assert main_pids(host)["matrix-synapse-worker@generic-0.service"] > 0
     assert "No changes" in cluster.deploy(matrix_synapse_log_level="WARNING").output
+
+
+def test_a_config_synapse_refuses_is_rolled_back_before_any_restart(cluster: Cluster) -> None:
+    host = cluster.host
+    cluster.deploy("-y", matrix_synapse_log_level="WARNING")
+    before = main_pids(host)
+    files = host.ssh("sha256sum /etc/matrix-synapse/homeserver.yaml "
+                     "/etc/matrix-synapse/workers/*.yaml").stdout  # fmt: skip
+    # Passes our validation (a pass-through setting) but Synapse cannot parse the size.
+    run = cluster.deploy("-y", matrix_synapse_log_level="WARNING",
+                         matrix_synapse_configuration_extension={"max_upload_size": "lots"})  # fmt: skip
+    assert run.returncode != 0
+    assert "was refused; the previous files were put back and no process was touched" in run.output
+    assert "media-repository-0.yaml: ValueError" in run.output  # the file and Synapse's message
+    assert host.ssh("sha256sum /etc/matrix-synapse/homeserver.yaml "
+                    "/etc/matrix-synapse/workers/*.yaml").stdout == files  # fmt: skip
+    assert main_pids(host) == before
+    assert "No changes" in cluster.deploy(matrix_synapse_log_level="WARNING").output

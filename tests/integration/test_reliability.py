@@ -115,7 +115,11 @@ def test_garbage_on_the_host_is_handled_predictably(tmp_path: Path, host: TestHo
         "echo 'hello' > /etc/matrix-synapse/workers/notes.txt; "  # not ours by name
         "echo 'worker_app: x' > /etc/matrix-synapse/workers/hand-made.yaml; "  # ours by name
         "systemctl enable matrix-synapse-worker@hand-made.service; "
-        "echo 'x: 1' > /etc/matrix-synapse/conf.d/local.yaml"  # an operator's own conf.d file
+        "echo 'x: 1' > /etc/matrix-synapse/conf.d/local.yaml; "  # an operator's own conf.d file
+        # a ghost: enabled, but its unit cannot be found (matrix-docker-ansible-deploy #1461)
+        "ln -s /nonexistent/unit.service "
+        "/etc/systemd/system/matrix-synapse.target.wants/matrix-synapse-worker@ghost.service; "
+        "systemctl daemon-reload"
     )
     run = deploy(tmp_path, host, settings(3) | {"matrix_synapse_workers_generic_workers_count": 2})
     assert run.returncode == 0, run.output[-3000:]
@@ -124,6 +128,7 @@ def test_garbage_on_the_host_is_handled_predictably(tmp_path: Path, host: TestHo
     assert "worker_app: synapse.app.generic_worker" in host.ssh(
         "cat /etc/matrix-synapse/workers/generic-1.yaml").stdout
     assert "hand-made" not in " ".join(enabled_workers(host))
+    assert "ghost" not in " ".join(enabled_workers(host))
     assert host.ssh("cat /etc/matrix-synapse/conf.d/local.yaml").stdout == "x: 1\n"
     dry = pyinfra(tmp_path, tmp_path / "inventory.py", "--dry")
     assert "Leaving alone (not ours by name)" in dry.output
