@@ -129,6 +129,11 @@ def test_dry_diff_names_every_change_and_leaves_the_host_identical(tmp_path: Pat
     assert "pw-never-printed" not in run.output
     assert run.uploads.get(host.name, 0) == 0
     assert host_snapshot(host) == before
+    # A normal run (prepare, confirm, execute) prints each diff once, not once per pass.
+    applied = deploy(tmp_path, host, {**generic(2), "matrix_synapse_log_level": "WARNING"}, "--diff")
+    assert applied.returncode == 0, applied.output
+    assert applied.output.count("Will modify /etc/matrix-synapse/log.yaml") == 1
+    assert "level: WARNING" in host.ssh("cat /etc/matrix-synapse/log.yaml").stdout
 
 
 def test_two_deploys_at_once_serialise_and_converge(tmp_path: Path, host: TestHost) -> None:
