@@ -21,6 +21,24 @@ E2E_SETTINGS = {
 }
 
 
+# For the upgrade test: the tree has this older Synapse, and an offline wheelhouse (the guests
+# have no network) holding the pinned one, which the deploy's pip then installs.
+PREVIOUS_VERSION = "1.163.1"
+
+
+def ensure_previous_synapse_tree() -> Path:
+    current = parse_settings(make_data(**E2E_SETTINGS))
+    previous = parse_settings(make_data(**E2E_SETTINGS, matrix_synapse_version=PREVIOUS_VERSION))
+    commands = [
+        install_script(previous),
+        f"mkdir -p /wheelhouse && {current.venv_path}/bin/pip download -q -d /wheelhouse "
+        f"'matrix-synapse[postgres,redis]=={current.version}'",
+        "printf '[global]\\nno-index = true\\nfind-links = /wheelhouse\\n' > /etc/pip.conf",
+    ]
+    return ensure_derived_tree("synapse-previous", commands,
+                               version=f"1-{PREVIOUS_VERSION}-{current.version}")  # fmt: skip
+
+
 def ensure_synapse_tree() -> Path:
     settings = parse_settings(make_data(**E2E_SETTINGS))
     script = install_script(settings)
