@@ -48,7 +48,7 @@ def enabled_workers(host: TestHost) -> set[str]:
 
 
 def deploy(tmp_path: Path, host: TestHost, data: dict[str, Any], port: int | None = None):
-    name, connection = host.inventory_entry()
+    _, connection = host.inventory_entry()
     inventory = write_inventory(tmp_path / "inventory.py", [(host, data)])
     if port is not None:  # through the proxy
         inventory.write_text(inventory.read_text().replace(
@@ -94,7 +94,7 @@ def test_cut_connections_leave_old_or_new_files_and_the_next_run_converges(
 
 def test_one_machine_listed_twice_is_refused_before_any_change(tmp_path: Path,
                                                                host: TestHost) -> None:  # fmt: skip
-    name, connection = host.inventory_entry()
+    _, connection = host.inventory_entry()
     data = {**connection, "matrix_domain": "example.org", "matrix_synapse_install_enabled": False,
             "matrix_synapse_readiness_timeout": 0, "matrix_synapse_config_check": False,
             "matrix_synapse_nginx_enabled": False}  # fmt: skip
