@@ -374,22 +374,25 @@ def unit_states(systemd_dir: str, planned: list[str],
     """State of every matrix-synapse* unit loaded or enabled, of every planned one, and of
     ``extra`` units (those reloaded on a config change)."""
     enabled = {os.path.basename(p) for p in glob.glob(f"{systemd_dir}/*.wants/matrix-synapse*")}
-    shown = run(["systemctl", "show", "--all", "--property=Id,LoadState,ActiveState,MainPID",
-                 "matrix-synapse*"]).stdout  # fmt: skip
-    names = set(enabled) | {services.MAIN_UNIT, services.TARGET_UNIT}
-    names |= {services.worker_unit(n) for n in planned} | set(extra)
-    loaded = parse_show(shown)
-    missing = sorted(names - set(loaded))
-    if missing:
-        loaded.update(parse_show(run(["systemctl", "show", "--property=Id,LoadState,ActiveState,"
-                                      "MainPID", *missing]).stdout))  # fmt: skip
-    return {
-        unit: services.UnitState(state.get("LoadState", "not-found"),
-                                 state.get("ActiveState", "inactive"), unit in enabled,
-                                 int(state.get("MainPID", "0") or 0))
-        for unit, state in loaded.items()
-        if unit in names or unit.startswith(services.WORKER_UNIT_PREFIX)
-    }  # fmt: skip
+    listed = list_units(["matrix-synapse*", *extra])
+    names = enabled | set(listed) | {services.MAIN_UNIT, services.TARGET_UNIT} | set(extra)
+    names |= {services.worker_unit(n) for n in planned}
+    # A unit list-units does not show is not loaded: UnitState's defaults say so.
+    return {unit: services.UnitState(*listed.get(unit, ("not-found", "inactive")), unit in enabled)
+            for unit in names}  # fmt: skip
+
+
+def list_units(patterns: list[str]) -> dict[str, tuple[str, str]]:
+    """(load, active) state by unit, in one cheap call (``systemctl show`` costs seconds at 1,000
+    units: it asks systemd one unit at a time)."""
+    out = run(["systemctl", "list-units", "--all", "--plain", "--no-legend", "--full",
+               *patterns]).stdout  # fmt: skip
+    states = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 3:
+            states[parts[0]] = (parts[1], parts[2])
+    return states
 
 
 def parse_show(output: str) -> dict[str, dict[str, str]]:
@@ -426,10 +429,9 @@ def wait_until_ready(units: list[str], readiness: dict[str, Any]) -> None:
     pending = set(units)
     redis_ok = readiness.get("redis") is None
     while True:
-        states = parse_show(run(["systemctl", "show", "--property=Id,ActiveState",
-                                 *sorted(pending)]).stdout) if pending else {}  # fmt: skip
+        states = list_units(["matrix-synapse*"]) if pending else {}
         for unit in sorted(pending):
-            if states.get(unit, {}).get("ActiveState") == "active" and (
+            if states.get(unit, ("", ""))[1] == "active" and (
                     unit not in health or http_ok(health[unit])):  # fmt: skip
                 pending.discard(unit)
         if not redis_ok:

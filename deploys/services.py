@@ -42,12 +42,11 @@ def worker_name(unit: str) -> str | None:
 
 @dataclass(frozen=True)
 class UnitState:
-    """What systemd says about one unit (``systemctl show``), plus whether it is enabled."""
+    """What systemd says about one unit (``systemctl list-units``), plus whether it is enabled."""
 
     load_state: str = "not-found"
     active_state: str = "inactive"
     enabled: bool = False
-    main_pid: int = 0
 
     @property
     def active(self) -> bool:

@@ -71,7 +71,7 @@ def test_first_deploy_creates_everything_and_a_rerun_changes_nothing(tmp_path: P
     # pass: no upload, no systemctl write.
     assert second.commands[host.name] == 3
     for command in second.command_lines[host.name][1:]:
-        assert "sha256sum" in command and "systemctl show" in command, command
+        assert "sha256sum" in command and "systemctl list-units" in command, command
         assert not any(w in command for w in ("restart", "enable", "start ", "base64 -d"))
     assert host_snapshot(host) == before
 

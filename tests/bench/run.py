@@ -1,0 +1,364 @@
+"""Benchmark: our deploy against one pyinfra operation per file, at 24 ms RTT, on real test hosts.
+
+    make bench                               # full run: >= 3 runs per cell, prints one table
+    python -m tests.bench.run --quick        # smoke run: 1 run per cell, 13 and 130 workers
+
+Every host is a fresh systemd-nspawn Debian guest (tests/support/testhost.py) running the
+sd_notify stand-in for Synapse; pyinfra reaches its sshd through `LatencyProxy` (12 ms each way).
+Worker sets are the ``little-federation-helper`` preset (one federation sender) plus generic
+workers, so the totals are exactly 13, 130 and 1,000.
+
+For each deploy and worker count it measures, as the median of the runs:
+
+- *first deploy*: a fresh host each run; ours also starts every unit, the baseline only writes;
+- *no change*: the same host right after, nothing to do;
+- *one worker changed*: one worker's file edited on the host first (drift), so the deploy
+  rewrites that one file (ours also restarts that one worker);
+
+plus the SSH exec channels and SFTP uploads (tests/support/pyinfra_counted.py), and the
+controller's peak RSS (``wait4`` rusage of the pyinfra process). Runs are normal pyinfra runs
+(prepare, then execute; no ``-y``), as a user runs them.
+
+*Service start* is the time the host spent inside the deploy's state-changing ``systemctl``
+commands (daemon-reload, enable, start, restart, stop), measured by a timing wrapper installed as
+``/usr/local/sbin/systemctl`` on the test host (it runs ``/usr/bin/systemctl`` and logs start and
+end). Subtracting it from the first deploy leaves the fan-out: rendering, the fact, shipping and
+writing the files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import itertools
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from deploys.settings import REPO_ROOT
+from tests.bench.latency_proxy import LatencyProxy
+from tests.support.deploying import install_standin, write_inventory
+from tests.support.testhost import TestHost, ensure_base_tree, missing_prerequisites
+
+OURS = "deploys/synapse.py"
+BASELINE = "tests/bench/baseline_deploy.py"
+DRIFTED_WORKER = "/etc/matrix-synapse/workers/generic-0.yaml"
+SHIM_LOG = "/run/bench-systemctl.log"
+# Runs /usr/bin/systemctl unchanged and logs "start end rc args" (first in root's PATH).
+SYSTEMCTL_SHIM = f"""#!/bin/sh
+start=$(date +%s.%N)
+/usr/bin/systemctl "$@"
+rc=$?
+echo "$start $(date +%s.%N) $rc $*" >> {SHIM_LOG}
+exit $rc
+"""
+SERVICE_VERBS = frozenset({"daemon-reload", "enable", "disable", "start", "stop", "restart",
+                           "reload", "try-restart", "reload-or-restart"})  # fmt: skip
+COLUMNS = ("first", "no_change", "changed")
+_names = itertools.count(1)
+
+
+def workers_data(workers: int) -> dict[str, Any]:
+    """Host data for exactly `workers` workers: one federation sender plus generic workers."""
+    return {"matrix_synapse_workers_enabled": True,
+            "matrix_synapse_workers_preset": "little-federation-helper",
+            "matrix_synapse_workers_generic_workers_count": workers - 1}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- hosts
+
+
+class BenchHost:
+    """A fresh test host behind its own latency proxy, ready for a deploy."""
+
+    def __init__(self, delay: float) -> None:
+        self.host = TestHost.start(f"bench{os.getpid()}-{next(_names)}")
+        try:
+            install_standin(self.host)
+            self.host.ssh("cat > /usr/local/sbin/systemctl && chmod 755 /usr/local/sbin/systemctl",
+                          input=SYSTEMCTL_SHIM)  # fmt: skip
+            self.proxy = LatencyProxy("127.0.0.1", self.host.port, delay=delay)
+            self.proxy.start()
+        except BaseException:
+            self.host.stop()
+            raise
+
+    def inventory_entry(self, user: str = "root") -> tuple[str, dict[str, Any]]:
+        """The test host's inventory entry, with SSH going through the proxy."""
+        name, connection = self.host.inventory_entry(user=user)
+        return name, {**connection, "ssh_port": self.proxy.port}
+
+    def service_seconds(self) -> float:
+        """Seconds spent in state-changing systemctl commands since the last call (direct SSH)."""
+        out = self.host.ssh(f"cat {SHIM_LOG} 2>/dev/null; rm -f {SHIM_LOG}").stdout
+        total = 0.0
+        for line in out.splitlines():
+            start, end, _rc, *args = line.split()
+            verb = next((a for a in args if not a.startswith("-")), "")
+            if verb in SERVICE_VERBS:
+                total += float(end) - float(start)
+        return total
+
+    def drift_one_worker(self) -> None:
+        """Edit one worker's file on the host, so the next deploy must rewrite just that one."""
+        self.host.ssh(f"echo '# drift' >> {DRIFTED_WORKER}")
+        self.service_seconds()  # forget systemctl calls made outside a timed run
+
+    def stop(self) -> None:
+        self.proxy.stop()
+        self.host.stop()
+
+
+@contextlib.contextmanager
+def bench_hosts(count: int, delay: float) -> Iterator[list[BenchHost]]:
+    hosts: list[BenchHost] = []
+    try:
+        for _ in range(count):
+            hosts.append(BenchHost(delay))
+        yield hosts
+    finally:
+        for bench_host in hosts:
+            bench_host.stop()
+
+
+# --------------------------------------------------------------------------- one pyinfra run
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """One pyinfra run: wall time, per-host SSH execs and uploads, peak RSS, service time."""
+
+    seconds: float
+    commands: int  # per host (the most any host saw)
+    uploads: int
+    peak_rss_mib: float
+    service_seconds: float  # the slowest host's (hosts run in parallel)
+
+
+def run_pyinfra(workdir: Path, inventory: Path, deploy: str,
+                hosts: Sequence[BenchHost]) -> Sample:  # fmt: skip
+    """Run ``pyinfra INVENTORY DEPLOY`` once (answering its prompt) and measure it."""
+    counts = workdir / "counts.json"
+    counts.unlink(missing_ok=True)
+    log = workdir / "pyinfra.log"
+    with open(log, "w") as output:
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.pyinfra_counted", str(counts), "--",
+             str(inventory), deploy], cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=output,
+            stderr=subprocess.STDOUT)  # fmt: skip
+        assert proc.stdin is not None
+        proc.stdin.write(b"\n")  # "Are you sure?" when there are changes
+        proc.stdin.close()
+        # wait4, not Popen.wait: it returns the child's own resource usage (peak RSS).
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.monotonic() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"pyinfra {deploy} failed (rc={proc.returncode}):\n"
+                           + "\n".join(log.read_text().splitlines()[-40:]))  # fmt: skip
+    data = json.loads(counts.read_text())
+    return Sample(seconds, max(data["commands"].values(), default=0),
+                  max(data["uploads"].values(), default=0), usage.ru_maxrss / 1024,
+                  max(h.service_seconds() for h in hosts))  # fmt: skip
+
+
+def run_cycle(deploy: str, workers: int, host_count: int, delay: float) -> dict[str, Sample]:
+    """First deploy on fresh hosts, then a no-change run, then a one-worker-changed run."""
+    with bench_hosts(host_count, delay) as hosts, tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        # BenchHost stands in for TestHost: write_inventory only calls inventory_entry().
+        entries = [(h, workers_data(workers)) for h in hosts]
+        inventory = write_inventory(workdir / "inventory.py", entries)  # type: ignore[arg-type]
+        samples = {"first": run_pyinfra(workdir, inventory, deploy, hosts),
+                   "no_change": run_pyinfra(workdir, inventory, deploy, hosts)}  # fmt: skip
+        for bench_host in hosts:
+            bench_host.drift_one_worker()
+        samples["changed"] = run_pyinfra(workdir, inventory, deploy, hosts)
+        return samples
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclasses.dataclass
+class Row:
+    """All runs of one deploy at one scale."""
+
+    scenario: str
+    deploy: str
+    runs: list[dict[str, Sample]] = dataclasses.field(default_factory=list)
+
+    def median(self, column: str, field: str = "seconds") -> float:
+        return statistics.median(getattr(run[column], field) for run in self.runs)
+
+    def fan_out(self) -> float:
+        """First deploy minus the host's service start: the median of the per-run differences."""
+        return statistics.median(r["first"].seconds - r["first"].service_seconds
+                                 for r in self.runs)  # fmt: skip
+
+    def peak_rss(self) -> float:
+        return max(s.peak_rss_mib for run in self.runs for s in run.values())
+
+    def counts(self) -> str:
+        last = self.runs[-1]
+        return " · ".join(f"{last[c].commands}/{last[c].uploads}" for c in COLUMNS)
+
+
+def measure(scenario: str, deploy: str, workers: int, hosts: int, runs: int,
+            delay: float) -> Row:  # fmt: skip
+    row = Row(scenario, "ours" if deploy == OURS else "per-file")
+    for index in range(runs):
+        row.runs.append(run_cycle(deploy, workers, hosts, delay))
+        first = row.runs[-1]["first"]
+        print(f"  {scenario} {row.deploy} run {index + 1}/{runs}: "
+              + ", ".join(f"{c} {row.runs[-1][c].seconds:.2f} s" for c in COLUMNS)
+              + f" (service start {first.service_seconds:.2f} s)", file=sys.stderr, flush=True)
+    return row
+
+
+def _s(value: float) -> str:
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}"
+
+
+def _x(value: float) -> str:
+    return f"**{value:.0f}×**" if value >= 10 else f"**{value:.2f}×**"
+
+
+def format_row(row: Row) -> str:
+    services = "—" if row.deploy == "per-file" else _s(row.median("first", "service_seconds"))
+    fan_out = _s(row.median("first")) if row.deploy == "per-file" else _s(row.fan_out())
+    cells = [row.scenario, row.deploy, _s(row.median("first")), services, fan_out,
+             _s(row.median("no_change")), _s(row.median("changed")), row.counts(),
+             f"{row.peak_rss():.0f}"]  # fmt: skip
+    return "| " + " | ".join(cells) + " |"
+
+
+def format_ratio(label: str, what: str, top: Row, bottom: Row) -> str:
+    """A row of top ÷ bottom for every timed column."""
+    def ratio(get: Callable[[Row], float]) -> str:
+        return _x(get(top) / get(bottom))
+
+    first = ratio(lambda r: r.median("first"))
+    services = "—" if "per-file" in (top.deploy, bottom.deploy) else ratio(
+        lambda r: r.median("first", "service_seconds"))
+    fan_out = ratio(lambda r: r.median("first") if r.deploy == "per-file" else r.fan_out())
+    cells = [label, what, first, services, fan_out, ratio(lambda r: r.median("no_change")),
+             ratio(lambda r: r.median("changed")), "", ""]  # fmt: skip
+    return "| " + " | ".join(cells) + " |"
+
+
+HEADER = ("| Workers | Deploy | First deploy (s) | of which service start (s) | "
+          "First deploy without service start (s) | No change (s) | One worker changed (s) | "
+          "SSH execs/uploads per host: first · no change · changed | Peak RSS (MiB) |\n"
+          "|---|---|--:|--:|--:|--:|--:|---|--:|")  # fmt: skip
+
+
+def git_revision() -> str:
+    """The commit measured, marked when the work tree has uncommitted changes."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                              check=False).stdout.strip()  # fmt: skip
+
+    revision = git("rev-parse", "--short", "HEAD") or "unknown"
+    return revision + (" + uncommitted changes" if git("status", "--porcelain") else "")
+
+
+def machine_info(rtt_ms: float, runs: int) -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())  # fmt: skip
+    mem = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal")))  # fmt: skip
+    import pyinfra
+
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (f"Machine: {cpu}, {os.cpu_count()} cores, {mem / 2**20:.0f} GiB RAM, "
+            f"Linux {platform.release()}; Python {platform.python_version()}, "
+            f"pyinfra {pyinfra.__version__}; code at {git_revision()}. "
+            f"Added latency {rtt_ms:g} ms RTT (tests/bench/latency_proxy.py). "
+            f"Median of {runs} run(s) per cell; load average at start: {load}.")  # fmt: skip
+
+
+# --------------------------------------------------------------------------- main
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    sizes: tuple[int, ...]
+    baseline_sizes: tuple[int, ...]
+    multi_hosts: int
+    multi_workers: int
+    runs: int
+    rtt_ms: float
+
+
+def run_benchmark(plan: Plan) -> str:
+    delay = plan.rtt_ms / 2000
+    lines = []
+    ours: dict[int, Row] = {}
+    for workers in plan.sizes:
+        label = f"{workers:,}"
+        ours[workers] = measure(label, OURS, workers, 1, plan.runs, delay)
+        lines.append(format_row(ours[workers]))
+        if workers in plan.baseline_sizes:
+            baseline = measure(label, BASELINE, workers, 1, plan.runs, delay)
+            lines.append(format_row(baseline))
+            lines.append(format_ratio(label, "per-file ÷ ours", baseline, ours[workers]))
+    smallest, largest = min(plan.sizes), max(plan.sizes)
+    if largest != smallest:
+        lines.append(format_ratio(f"{largest:,} vs {smallest}", f"ours: {largest:,} ÷ {smallest}",
+                                  ours[largest], ours[smallest]))  # fmt: skip
+    if plan.multi_hosts > 1:
+        label = f"{plan.multi_hosts} hosts × {plan.multi_workers}"
+        multi = measure(label, OURS, plan.multi_workers, plan.multi_hosts, plan.runs, delay)
+        lines.append(format_row(multi))
+        if plan.multi_workers in ours:
+            lines.append(format_ratio(label, f"ours: {plan.multi_hosts} hosts ÷ 1 host", multi,
+                                      ours[plan.multi_workers]))  # fmt: skip
+    return "\n".join([HEADER, *lines])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.run",
+                                     description=__doc__.split("\n")[0])  # fmt: skip
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 1 run per cell, 13 and 130 workers only, the per-file "
+                             "baseline at 13 only (one baseline run at 130 takes ~10 minutes)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per cell (default 3)")
+    parser.add_argument("--rtt-ms", type=float, default=24.0, help="added round-trip time")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the per-file baseline")
+    parser.add_argument("--output", type=Path, help="also write the table and machine line here")
+    args = parser.parse_args(argv)
+    if problems := missing_prerequisites():
+        parser.error("; ".join(problems))
+    ensure_base_tree()
+    quick = args.quick
+    plan = Plan(sizes=(13, 130) if quick else (13, 130, 1000),
+                baseline_sizes=() if args.no_baseline else (13,) if quick else (13, 130),
+                multi_hosts=8, multi_workers=130, runs=1 if quick else args.runs,
+                rtt_ms=args.rtt_ms)  # fmt: skip
+    info = machine_info(plan.rtt_ms, plan.runs)
+    print(info, file=sys.stderr, flush=True)
+    started = time.monotonic()
+    table = run_benchmark(plan)
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    report = (f"{info}\n\n{table}\n\nBenchmark took {(time.monotonic() - started) / 60:.0f} min; "
+              f"load average at the end: {load}.\n")
+    print(report)
+    if args.output:
+        args.output.write_text(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
