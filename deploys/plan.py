@@ -290,7 +290,7 @@ def _check_ports(processes: tuple[Process, ...]) -> None:
         raise SettingsError(problems)
 
 
-def _connect_address(bind_addresses: tuple[str, ...]) -> str:
+def connect_address(bind_addresses: tuple[str, ...]) -> str:
     """The address other processes on the machine use to reach a listener."""
     address = ipaddress.ip_address(bind_addresses[0])
     if address.is_unspecified:
@@ -310,7 +310,7 @@ def _shared_config(settings: Settings, main: Process,
     for process in (main, *workers):
         replication = process.listener("replication")
         if replication is not None:
-            instance_map[process.name] = (_connect_address(replication.bind_addresses),
+            instance_map[process.name] = (connect_address(replication.bind_addresses),
                                           replication.port)  # fmt: skip
     stream_writers = {
         s.name: tuple(w.name for w in workers if w.stream is s)

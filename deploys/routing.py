@@ -45,7 +45,7 @@ from types import MappingProxyType
 from typing import Final
 
 from deploys import endpoints as ep
-from deploys.plan import Process, WorkerPlan
+from deploys.plan import Process, WorkerPlan, connect_address
 from deploys.settings import SettingsError, problem
 from deploys.worker_types import STREAMS, Routing
 
@@ -450,15 +450,7 @@ def _short(upstream: str) -> str:
 def _server(process: Process) -> Server:
     http = process.listener("http")
     assert http is not None, process.name
-    return Server(f"{_host(_connect_address(http.bind_addresses))}:{http.port}", process.name)
-
-
-def _connect_address(bind_addresses: tuple[str, ...]) -> str:
-    """The address nginx on the same machine uses to reach a listener (as deploys/plan does)."""
-    address = ipaddress.ip_address(bind_addresses[0])
-    if address.is_unspecified:
-        return "127.0.0.1" if address.version == 4 else "::1"
-    return str(address)
+    return Server(f"{_host(connect_address(http.bind_addresses))}:{http.port}", process.name)
 
 
 def _host(address: str) -> str:
