@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from deploys.render import DesiredFile, DesiredState
-from deploys.services import Change, UnitState
+from deploys.services import Change, UnitState, stale_change
 
 
 @dataclass(frozen=True)
@@ -51,14 +51,10 @@ class Drift:
         return bool(self.new or self.modified or self.metadata or self.stale or self.directories
                     or self.missing_secrets or self.pending)  # fmt: skip
 
-    def changes(self, desired: DesiredState) -> list[Change]:
+    def changes(self, systemd_dir: str) -> list[Change]:
         """What a run would change, for services.plan_service_actions."""
-        changes = [Change(f.path, f.restarts, f.unit_file) for f in self.uploads]
-        for path in self.stale:
-            unit_file = path.endswith(".conf")
-            name = path.rsplit("/", 1)[-1].removesuffix(".yaml")
-            changes.append(Change(path, frozenset() if unit_file else frozenset({name}), unit_file))
-        return changes
+        changes = [Change(f.path, f.restarts, f.unit_file, f.reloads) for f in self.uploads]
+        return changes + [stale_change(path, systemd_dir) for path in self.stale]
 
 
 def sha256(content: bytes) -> str:

@@ -77,7 +77,7 @@ def apply_desired_state(
                                directories=[d.path for d in desired.directories],
                                extra_units=extra_units)  # fmt: skip
     drift = compare(desired, host_state, (*desired.secrets, desired.signing_key))
-    actions = plan_service_actions(drift.changes(desired), planned_workers, host_state.units)
+    actions = plan_service_actions(drift.changes(systemd_dir), planned_workers, host_state.units)
     if drift.left_alone and (not state.is_executing or not state.check_for_changes):
         host.log(f"Leaving alone (not ours by name): {', '.join(drift.left_alone)}", logger.info)
     if not drift and not actions:

@@ -328,17 +328,9 @@ def write_atomically(path: str, content: bytes, mode: int, uid: int, gid: int) -
 def stale_files(manifest: dict[str, Any]) -> list[tuple[str, services.Change]]:
     """Owned files (by our naming) that the plan no longer has, with what removing them means."""
     wanted = {entry["path"] for entry in manifest["files"]}
-    systemd_dir = manifest["systemd_dir"] + "/"
-    stale = []
-    for pattern in manifest["owned_globs"]:
-        for path in sorted(glob.glob(pattern)):
-            if path in wanted or not os.path.isfile(path):
-                continue
-            unit_file = path.startswith(systemd_dir)
-            worker = os.path.basename(path).removesuffix(".yaml")
-            restarts = frozenset() if unit_file or not path.endswith(".yaml") else {worker}
-            stale.append((path, services.Change(path, frozenset(restarts), unit_file)))
-    return stale
+    return [(path, services.stale_change(path, manifest["systemd_dir"]))
+            for pattern in manifest["owned_globs"] for path in sorted(glob.glob(pattern))
+            if path not in wanted and os.path.isfile(path)]  # fmt: skip
 
 
 def remove_owned_file(path: str, systemd_dir: str) -> None:

@@ -206,16 +206,21 @@ def desired_state(settings: Settings, plan: WorkerPlan) -> DesiredState:
                         paths.signing_key, synapse_check, (paths.workers_dir, paths.conf_d))  # fmt: skip
 
 
-def _readiness(settings: Settings, plan: WorkerPlan) -> Readiness:
-    if settings.readiness_timeout == 0:
-        return Readiness(0, {}, None)
-    health = {}
+def health_ports(plan: WorkerPlan) -> dict[str, int]:
+    """unit -> a port of its HTTP listeners (every http listener serves /health)."""
+    ports = {}
     for process in plan.processes:
         http = process.listener("http") or process.listener("replication")
         if http is not None:
-            health[process.unit] = http.port
+            ports[process.unit] = http.port
+    return ports
+
+
+def _readiness(settings: Settings, plan: WorkerPlan) -> Readiness:
+    if settings.readiness_timeout == 0:
+        return Readiness(0, {}, None)
     redis = settings.redis
-    return Readiness(settings.readiness_timeout, health, {
+    return Readiness(settings.readiness_timeout, health_ports(plan), {
         "host": redis.host, "port": redis.port, "path": redis.path,
         "channel": settings.domain, "subscribers": len(plan.processes)})  # fmt: skip
 

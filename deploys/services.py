@@ -18,7 +18,7 @@ Rules (Synapse reads its shared settings only at start):
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 EVERY_PROCESS = "*"
 MAIN = "main"
@@ -63,6 +63,15 @@ class Change:
     reloads: frozenset[str] = frozenset()
 
 
+def stale_change(path: str, systemd_dir: str) -> Change:
+    """What removing an owned file the plan no longer has means: a unit file or drop-in needs a
+    daemon-reload; a worker's own ``<name>.yaml`` concerns that (unplanned) worker only."""
+    unit_file = path.startswith(systemd_dir.rstrip("/") + "/")
+    name = path.rsplit("/", 1)[-1]
+    restarts = frozenset() if unit_file or not name.endswith(".yaml") else {name[: -len(".yaml")]}
+    return Change(path, frozenset(restarts), unit_file)
+
+
 @dataclass(frozen=True)
 class ServiceActions:
     stop: tuple[str, ...] = ()  # stale units still loaded
@@ -74,7 +83,6 @@ class ServiceActions:
     restart_workers: tuple[str, ...] = ()
     start: tuple[str, ...] = ()  # planned workers and the target that are not active
     reload: tuple[str, ...] = ()  # active units whose config changed and reload (nginx)
-    reasons: tuple[str, ...] = field(default=(), compare=False)
 
     def __bool__(self) -> bool:
         return bool(self.stop or self.disable or self.daemon_reload or self.enable
@@ -156,5 +164,4 @@ def plan_service_actions(
         restart_workers=tuple(worker_unit(n) for n in restart_workers),
         start=start,
         reload=tuple(u for u in reloads if units.get(u, UnitState()).active),
-        reasons=tuple(sorted({c.path for c in changes})),
     )

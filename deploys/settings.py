@@ -176,9 +176,6 @@ def load_defaults() -> dict[str, Any]:
     return {k: v for k, v in namespace.items() if not k.startswith("__")}
 
 
-def known_keys() -> frozenset[str]:
-    return frozenset(load_defaults())
-
 
 class _Reader:
     """Reads and checks keys one by one, collecting every problem instead of stopping at one."""

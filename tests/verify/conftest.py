@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from deploys.plan import WorkerPlan, build_plan
-from deploys.render import DesiredState, desired_state, paths_for
+from deploys.render import DesiredState, desired_state, health_ports, paths_for
 from deploys.settings import REPO_ROOT, Settings, parse_settings
 
 
@@ -75,9 +75,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("listener", [x for _, x in pairs],
                              ids=[f"{n}-{x.purpose}-{x.port}" for n, x in pairs])  # fmt: skip
     if "health_port" in metafunc.fixturenames:
-        ports = dict(want.state.readiness.health_ports) or {
-            p.unit: (p.listener("http") or p.listener("replication")).port  # type: ignore[union-attr]
-            for p in want.plan.processes if p.listener("http") or p.listener("replication")}
+        ports = health_ports(want.plan)
         metafunc.parametrize("health_port", list(ports.values()), ids=list(ports))
     if "secret_path" in metafunc.fixturenames:
         secrets = list(paths_for(want.settings).secrets.values())
