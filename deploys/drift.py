@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from deploys.render import DesiredFile, DesiredState
-from deploys.services import Change, UnitState, stale_change
+from deploys.services import Change, UnitState, is_owned, stale_change
 
 
 @dataclass(frozen=True)
@@ -73,7 +72,7 @@ def compare(desired: DesiredState, host: HostState, secrets: Sequence[str]) -> D
             metadata.append(want)
     stale = sorted(
         path for path in host.files
-        if path not in desired.files and any(fnmatch.fnmatchcase(path, g) for g in desired.owned_globs)
+        if path not in desired.files and is_owned(path, desired.owned_globs)
     )  # fmt: skip
     directories = [d.path for d in desired.directories
                    if host.directories.get(d.path) != (d.mode, d.owner, d.group)]  # fmt: skip
@@ -81,7 +80,7 @@ def compare(desired: DesiredState, host: HostState, secrets: Sequence[str]) -> D
     left_alone = sorted(
         path for path in host.files
         if path not in desired.files and path.rsplit("/", 1)[0] in desired.watched_dirs
-        and not any(fnmatch.fnmatchcase(path, g) for g in desired.owned_globs)
+        and not is_owned(path, desired.owned_globs)
     )  # fmt: skip
     return Drift(tuple(new), tuple(modified), tuple(metadata), tuple(stale), tuple(directories),
                  tuple(missing), host.pending, tuple(left_alone))  # fmt: skip

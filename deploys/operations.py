@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import tarfile
@@ -14,7 +15,7 @@ from pyinfra.api import OperationError, QuoteString, StringCommand, operation
 from pyinfra.api.util import format_text
 from pyinfra.operations.util.files import generate_color_diff
 
-from deploys.drift import Drift, compare, sha256
+from deploys.drift import Drift, HostState, compare, sha256
 from deploys.facts import (
     PENDING_PATH,
     FileContents,
@@ -88,8 +89,8 @@ def apply_desired_state(
     if state.config.DIFF and (not state.is_executing or not state.check_for_changes):
         _show_diff(drift, actions, config_dir)
 
-    archive = _archive(desired, drift, planned_workers, account, systemd_dir, lock_timeout,
-                       extra_units)  # fmt: skip
+    archive = _archive(desired, drift, host_state, planned_workers, account, systemd_dir,
+                       lock_timeout, extra_units)  # fmt: skip
     # The archive travels on the command's stdin (one base64 line, one write) into a private
     # mktemp directory: one upload in the same round trip as the apply, and no secret ever sits
     # in a shared temporary directory.
@@ -100,7 +101,8 @@ def apply_desired_state(
     )  # fmt: skip
 
 
-def _archive(desired: DesiredState, drift: Drift, planned_workers: Sequence[str],
+def _archive(desired: DesiredState, drift: Drift, host_state: HostState,
+             planned_workers: Sequence[str],
              account: tuple[str, str, str], systemd_dir: str, lock_timeout: int,
              extra_units: Sequence[str]) -> bytes:  # fmt: skip
     uploads = {f.path: f"files/{i}" for i, f in enumerate(drift.uploads)}
@@ -118,16 +120,17 @@ def _archive(desired: DesiredState, drift: Drift, planned_workers: Sequence[str]
         "synapse_check": dict(desired.synapse_check) if desired.synapse_check else None,
         "files": [{"path": f.path, "mode": f.mode, "owner": f.owner, "group": f.group,
                    "sha256": sha256(f.content), "payload": uploads.get(f.path),
+                   # What this run read: the host refuses to act on a view that is stale by then.
+                   "read_sha256": _read_sha256(host_state, f.path),
                    "restarts": sorted(f.restarts), "unit_file": f.unit_file,
                    "reloads": sorted(f.reloads), "check": f.check}
                   for f in desired.files.values()],
         "owned_globs": list(desired.owned_globs),
+        "read_stale": list(drift.stale),
         "systemd_dir": systemd_dir,
         "planned_workers": list(planned_workers),
         "extra_units": list(extra_units),
-        "readiness": {"timeout": desired.readiness.timeout,
-                      "health_ports": dict(desired.readiness.health_ports),
-                      "redis": dict(desired.readiness.redis) if desired.readiness.redis else None},
+        "readiness": dataclasses.asdict(desired.readiness),
     }  # fmt: skip
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6) as tar:
@@ -139,6 +142,11 @@ def _archive(desired: DesiredState, drift: Drift, planned_workers: Sequence[str]
             info.size, info.mode, info.mtime = len(content), 0o600, 0
             tar.addfile(info, io.BytesIO(content))
     return buffer.getvalue()
+
+
+def _read_sha256(host_state: HostState, path: str) -> str | None:
+    remote = host_state.files.get(path)
+    return remote.sha256 if remote else None
 
 
 def _show_diff(drift: Drift, actions: ServiceActions, config_dir: str) -> None:

@@ -328,9 +328,11 @@ def write_atomically(path: str, content: bytes, mode: int, uid: int, gid: int) -
 def stale_files(manifest: dict[str, Any]) -> list[tuple[str, services.Change]]:
     """Owned files (by our naming) that the plan no longer has, with what removing them means."""
     wanted = {entry["path"] for entry in manifest["files"]}
+    found = {path for pattern in manifest["owned_globs"] for path in glob.glob(pattern)}
     return [(path, services.stale_change(path, manifest["systemd_dir"]))
-            for pattern in manifest["owned_globs"] for path in sorted(glob.glob(pattern))
-            if path not in wanted and os.path.isfile(path)]  # fmt: skip
+            for path in sorted(found)
+            if path not in wanted and os.path.isfile(path)
+            and services.is_owned(path, manifest["owned_globs"])]  # fmt: skip
 
 
 def remove_owned_file(path: str, systemd_dir: str) -> None:
@@ -351,12 +353,12 @@ def remove_leftover_temporaries(manifest: dict[str, Any]) -> None:
 def left_alone(manifest: dict[str, Any]) -> list[str]:
     """Files in directories we write to that do not match our naming: never touched, listed."""
     wanted = {e["path"] for e in manifest["files"]}
-    owned = {p for pattern in manifest["owned_globs"] for p in glob.glob(pattern)}
     found = []
     for directory in manifest.get("watched_dirs", []):
         for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
             path = os.path.join(directory, name)
-            if os.path.isfile(path) and path not in wanted and path not in owned:
+            if (os.path.isfile(path) and path not in wanted
+                    and not services.is_owned(path, manifest["owned_globs"])):  # fmt: skip
                 found.append(path)
     return found
 

@@ -17,6 +17,7 @@ Rules (Synapse reads its shared settings only at start):
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -70,6 +71,26 @@ def stale_change(path: str, systemd_dir: str) -> Change:
     name = path.rsplit("/", 1)[-1]
     restarts = frozenset() if unit_file or not name.endswith(".yaml") else {name[: -len(".yaml")]}
     return Change(path, frozenset(restarts), unit_file)
+
+
+def is_owned(path: str, owned_globs: Iterable[str]) -> bool:
+    """Whether ``path`` is ours by name: it matches one of the shell globs the way the shell (and
+    ``glob.glob``) would, component by component, so ``*`` never crosses a ``/`` and never matches
+    a leading dot. The controller (on the fact's file list) and the host (on what it finds under
+    the lock) decide staleness with this one function."""
+    parts = path.split("/")
+    return any(_glob_matches(parts, pattern.split("/")) for pattern in owned_globs)
+
+
+def _glob_matches(parts: list[str], pattern: list[str]) -> bool:
+    if len(parts) != len(pattern):
+        return False
+    for part, glob in zip(parts, pattern):
+        if part.startswith(".") and not glob.startswith("."):
+            return False
+        if not fnmatch.fnmatchcase(part, glob):
+            return False
+    return True
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 # Bump when the base recipe below changes: the cache is keyed by it.
-BASE_VERSION = "2"
+BASE_VERSION = "3"
 SUITE = "bookworm"
 BASE_PACKAGES = (
     "systemd",
@@ -90,6 +90,9 @@ BASE_PACKAGES = (
     "sudo",
     "procps",
     "zstd",
+    # What the deploy routes and waits through with its defaults: nginx and Redis.
+    "nginx-light",
+    "redis-server",
 )
 DEPLOY_USER = "deploy"
 KEY_NAME = "id_ed25519"
