@@ -47,8 +47,15 @@ class Drift:
         return self.new + self.modified
 
     def __bool__(self) -> bool:
-        return bool(self.new or self.modified or self.metadata or self.stale or self.directories
-                    or self.missing_secrets or self.pending)  # fmt: skip
+        return bool(
+            self.new
+            or self.modified
+            or self.metadata
+            or self.stale
+            or self.directories
+            or self.missing_secrets
+            or self.pending
+        )
 
     def changes(self, systemd_dir: str) -> list[Change]:
         """What a run would change, for services.plan_service_actions."""
@@ -71,16 +78,30 @@ def compare(desired: DesiredState, host: HostState, secrets: Sequence[str]) -> D
         elif (have.mode, have.owner, have.group) != (want.mode, want.owner, want.group):
             metadata.append(want)
     stale = sorted(
-        path for path in host.files
+        path
+        for path in host.files
         if path not in desired.files and is_owned(path, desired.owned_globs)
-    )  # fmt: skip
-    directories = [d.path for d in desired.directories
-                   if host.directories.get(d.path) != (d.mode, d.owner, d.group)]  # fmt: skip
+    )
+    directories = [
+        d.path
+        for d in desired.directories
+        if host.directories.get(d.path) != (d.mode, d.owner, d.group)
+    ]
     missing = [s for s in secrets if s not in host.files]
     left_alone = sorted(
-        path for path in host.files
-        if path not in desired.files and path.rsplit("/", 1)[0] in desired.watched_dirs
+        path
+        for path in host.files
+        if path not in desired.files
+        and path.rsplit("/", 1)[0] in desired.watched_dirs
         and not is_owned(path, desired.owned_globs)
-    )  # fmt: skip
-    return Drift(tuple(new), tuple(modified), tuple(metadata), tuple(stale), tuple(directories),
-                 tuple(missing), host.pending, tuple(left_alone))  # fmt: skip
+    )
+    return Drift(
+        tuple(new),
+        tuple(modified),
+        tuple(metadata),
+        tuple(stale),
+        tuple(directories),
+        tuple(missing),
+        host.pending,
+        tuple(left_alone),
+    )

@@ -19,45 +19,98 @@ PENDING_PATH = "/var/lib/pyinfra-synapse/pending-changes.json"
 
 class SynapseHostState(FactBase[HostState]):
     """
-    Returns the sha256, mode and owner of every file under the Synapse config directory and of
-    every ``matrix-synapse*`` unit file and drop-in, the mode and owner of the given directories,
-    and the load/active/enabled state of every ``matrix-synapse*`` unit, in one
-    command whatever the number of workers.
+    Returns the sha256, mode and owner of every file under the Synapse config directory, of
+    every ``matrix-synapse*`` unit file and drop-in and of each of ``paths`` (managed files that
+    live elsewhere, such as the nginx routing file), the mode and owner of the given directories,
+    and the load/active/enabled state of every ``matrix-synapse*`` unit, in one command whatever
+    the number of workers. The command fails (and with it the run, before any change) when it
+    cannot read the host: a file it cannot hash, or systemd not answering.
 
     + config_dir: Synapse's configuration directory
     + systemd_dir: directory holding the unit files
     + directories: directories whose mode and owner to report
+    + paths: other managed files to report (absent ones are left out)
     + extra_units: other units whose state to report (e.g. ``nginx.service``)
     + pending_path: the journal an unfinished run leaves behind
 
     .. code:: python
 
         host.get_fact(SynapseHostState, config_dir="/etc/matrix-synapse",
-                      systemd_dir="/etc/systemd/system", directories=["/var/lib/matrix-synapse"])
+                      systemd_dir="/etc/systemd/system", directories=["/var/lib/matrix-synapse"],
+                      paths=["/etc/nginx/conf.d/matrix-synapse-workers.conf"])
     """
 
     default = HostState
 
     @override
-    def command(self, config_dir: str, systemd_dir: str, directories: Sequence[str] = (),
-                extra_units: Sequence[str] = (), pending_path: str = PENDING_PATH) -> StringCommand:  # fmt: skip
+    def command(
+        self,
+        config_dir: str,
+        systemd_dir: str,
+        directories: Sequence[str] = (),
+        paths: Sequence[str] = (),
+        extra_units: Sequence[str] = (),
+        pending_path: str = PENDING_PATH,
+    ) -> StringCommand:
+        def words(items: Sequence[str]) -> list[QuoteString | str]:
+            return [QuoteString(item) for item in items] or ["''"]
+
         ours = f"{systemd_dir.rstrip('/')}/matrix-synapse*"
+        fail = "|| exit 1"
         return StringCommand(
-            "[ -f", QuoteString(pending_path), "] && echo P;",
-            "for d in", *[QuoteString(d) for d in directories] or ["''"], "; do",
-            '[ -d "$d" ] && stat -c "D %a %U %G %n" "$d"; done;',
-            "find", QuoteString(config_dir), QuoteString(systemd_dir), "-maxdepth 3",
-            "\\(", "-path", QuoteString(config_dir + "/*"), "-o", "-path", QuoteString(ours),
-            "\\)", "-type f", "-printf", QuoteString("F %m %u %g %p\\n"),
-            "-exec sha256sum {} + 2>/dev/null;",
-            "find", QuoteString(systemd_dir), "-maxdepth 2", "-path", QuoteString("*.wants/matrix-synapse*"),
-            "-printf", QuoteString("W %f\\n"), "2>/dev/null;",
+            "if [ -f",
+            QuoteString(pending_path),
+            "]; then echo P; fi;",
+            "for d in",
+            *words(directories),
+            "; do",
+            'if [ -d "$d" ]; then stat -c "D %a %U %G %n" "$d"',
+            fail,
+            "; fi; done;",
+            # Roots that exist (the config dir does not before the first deploy).
+            "set --; for r in",
+            QuoteString(config_dir),
+            QuoteString(systemd_dir),
+            "; do",
+            'if [ -d "$r" ]; then set -- "$@" "$r"; fi; done;',
+            'if [ $# -gt 0 ]; then find "$@" -maxdepth 3',
+            "\\(",
+            "-path",
+            QuoteString(config_dir + "/*"),
+            "-o",
+            "-path",
+            QuoteString(ours),
+            "\\)",
+            "-type f",
+            "-printf",
+            QuoteString("F %m %u %g %p\\n"),
+            "-exec sha256sum {} +",
+            fail,
+            "; fi;",
+            "for f in",
+            *words(paths),
+            "; do",
+            'if [ -f "$f" ]; then stat -c "F %a %U %G %n" "$f" && sha256sum "$f"',
+            fail,
+            "; fi; done;",
+            "find",
+            QuoteString(systemd_dir),
+            "-maxdepth 2",
+            "-path",
+            QuoteString("*.wants/matrix-synapse*"),
+            "-printf",
+            QuoteString("W %f\\n"),
+            fail,
+            ";",
             # list-units, not show: show asks systemd unit by unit (seconds at 1,000 workers).
-            "systemctl list-units --all --plain --no-legend --full",
-            QuoteString("matrix-synapse*"), *[QuoteString(u) for u in extra_units],
-            "2>/dev/null | awk '{print \"U \" $1, $2, $3}';",
-            "true",
-        )  # fmt: skip
+            "units=$(systemctl list-units --all --plain --no-legend --full",
+            QuoteString("matrix-synapse*"),
+            *[QuoteString(u) for u in extra_units],
+            ")",
+            fail,
+            ";",
+            "printf '%s\\n' \"$units\" | awk 'NF {print \"U \" $1, $2, $3}'",
+        )
 
     @override
     def process(self, output: list[str]) -> HostState:
@@ -78,7 +131,7 @@ class SynapseHostState(FactBase[HostState]):
             elif line.startswith("W "):
                 enabled.add(line[2:])
             elif line.startswith("U "):
-                unit, load, active = (line[2:].split() + ["", ""])[:3]
+                unit, load, active = [*line[2:].split(), "", ""][:3]
                 units_seen[unit] = (load, active)
             elif match := _SHA_LINE.match(line):
                 digests[match.group(2)] = match.group(1)
@@ -107,9 +160,11 @@ class FileContents(FactBase[dict[str, list[str]]]):
     @override
     def command(self, paths: Sequence[str]) -> StringCommand:
         return StringCommand(
-            "for f in", *[QuoteString(p) for p in paths], "; do",
+            "for f in",
+            *[QuoteString(p) for p in paths],
+            "; do",
             f'[ -f "$f" ] && {{ echo "{CONTENT_MARKER} $f"; cat "$f"; echo; }}; done; true',
-        )  # fmt: skip
+        )
 
     @override
     def process(self, output: list[str]) -> dict[str, list[str]]:
@@ -124,6 +179,16 @@ class FileContents(FactBase[dict[str, list[str]]]):
             if lines and lines[-1] == "":
                 lines.pop()  # the separator echo
         return contents
+
+
+_SYNAPSE_VERSION = """
+try:
+    import synapse
+except ModuleNotFoundError:
+    pass
+else:
+    print("synapse", synapse.__version__)
+"""
 
 
 class SynapseInstallation(FactBase[dict[str, object]]):
@@ -148,18 +213,28 @@ class SynapseInstallation(FactBase[dict[str, object]]):
     def command(self, packages: Sequence[str], venv_path: str) -> StringCommand:
         python = QuoteString(f"{venv_path.rstrip('/')}/bin/python")
         return StringCommand(
-            "for p in", *[QuoteString(p) for p in packages], "; do",
+            "for p in",
+            *[QuoteString(p) for p in packages],
+            "; do",
             "dpkg-query -W -f='${Status}' \"$p\" 2>/dev/null | grep -q 'install ok installed'",
             '|| echo "missing $p"; done;',
-            python, "-c", QuoteString("import synapse; print('synapse', synapse.__version__)"),
-            "2>/dev/null; true",
-        )  # fmt: skip
+            # No virtualenv or no synapse in it: not installed. Any other failure fails the fact.
+            "if [ -x",
+            python,
+            "]; then",
+            python,
+            "-c",
+            QuoteString(_SYNAPSE_VERSION),
+            "|| exit 1;",
+            "fi",
+        )
 
     @override
     def process(self, output: list[str]) -> dict[str, object]:
         missing = [line.split(" ", 1)[1] for line in output if line.startswith("missing ")]
-        version = next((line.split(" ", 1)[1] for line in output if line.startswith("synapse ")),
-                       None)  # fmt: skip
+        version = next(
+            (line.split(" ", 1)[1] for line in output if line.startswith("synapse ")), None
+        )
         return {"missing": missing, "synapse": version}
 
 
@@ -187,14 +262,17 @@ class PostgresDatabase(FactBase[dict[str, object]]):
             return "'" + value.replace("'", "''") + "'"
 
         queries = [
-            f"SELECT 'role', coalesce(rolpassword, '') FROM pg_authid WHERE rolname = {literal(user)}",
+            "SELECT 'role', coalesce(rolpassword, '') FROM pg_authid"
+            f" WHERE rolname = {literal(user)}",
             f"SELECT 'db', datcollate, datctype FROM pg_database WHERE datname = {literal(dbname)}",
             "SELECT 'max', setting FROM pg_settings WHERE name = 'max_connections'",
         ]
         return StringCommand(
-            "runuser -u postgres -- psql -XAt -F '|'",
-            *[part for q in queries for part in ("-c", QuoteString(q))], "2>/dev/null; true",
-        )  # fmt: skip
+            # Before PostgreSQL is installed there is nothing to read; once it is, errors count.
+            "if command -v psql >/dev/null; then runuser -u postgres -- psql -XAt -F '|'",
+            *[part for q in queries for part in ("-c", QuoteString(q))],
+            "|| exit 1; fi",
+        )
 
     @override
     def process(self, output: list[str]) -> dict[str, object]:
@@ -225,7 +303,7 @@ class MachineId(FactBase[str]):
 
     @override
     def command(self) -> str:
-        return "cat /etc/machine-id 2>/dev/null || true"
+        return "if [ -e /etc/machine-id ]; then cat /etc/machine-id; fi"
 
     @override
     def process(self, output: list[str]) -> str:

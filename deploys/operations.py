@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import fnmatch
 import io
 import json
+import re
 import tarfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,8 +29,10 @@ from deploys.postgres import scram_matches
 from deploys.render import DesiredFile, DesiredState
 from deploys.services import ServiceActions, plan_service_actions
 
-REMOTE_MODULES = tuple(Path(__file__).with_name(name) for name in
-                       ("remote_apply.py", "services.py", "synapse_check.py"))  # fmt: skip
+REMOTE_MODULES = tuple(
+    Path(__file__).with_name(name)
+    for name in ("remote_apply.py", "services.py", "synapse_check.py")
+)
 LOCK_PATH = "/run/lock/pyinfra-synapse.lock"
 SECRET_MASK = "<secret: content not shown>"
 
@@ -74,37 +78,52 @@ def apply_desired_state(
         )
     """
     extra_units = sorted({u for f in desired.files.values() for u in f.reloads})
-    host_state = host.get_fact(SynapseHostState, config_dir=config_dir, systemd_dir=systemd_dir,
-                               directories=[d.path for d in desired.directories],
-                               extra_units=extra_units)  # fmt: skip
+    host_state = host.get_fact(
+        SynapseHostState,
+        config_dir=config_dir,
+        systemd_dir=systemd_dir,
+        directories=[d.path for d in desired.directories],
+        paths=_outside_scanned_roots(desired, config_dir, systemd_dir),
+        extra_units=extra_units,
+    )
     drift = compare(desired, host_state, (*desired.secrets, desired.signing_key))
     actions = plan_service_actions(drift.changes(systemd_dir), planned_workers, host_state.units)
     if drift.left_alone and (not state.is_executing or not state.check_for_changes):
         host.log(f"Leaving alone (not ours by name): {', '.join(drift.left_alone)}", logger.info)
     if not drift and not actions:
-        host.noop(f"{len(desired.files)} files and {len(planned_workers)} workers already as planned")
+        host.noop(
+            f"{len(desired.files)} files and {len(planned_workers)} workers already as planned"
+        )
         return
 
     # The body runs twice (prepare, execute): show the preview once, before the first yield.
     if state.config.DIFF and (not state.is_executing or not state.check_for_changes):
         _show_diff(drift, actions, config_dir)
 
-    archive = _archive(desired, drift, host_state, planned_workers, account, systemd_dir,
-                       lock_timeout, extra_units)  # fmt: skip
+    archive = _archive(
+        desired, drift, host_state, planned_workers, account, systemd_dir, lock_timeout, extra_units
+    )
     # The archive travels on the command's stdin (one base64 line, one write) into a private
     # mktemp directory: one upload in the same round trip as the apply, and no secret ever sits
     # in a shared temporary directory.
     yield StringCommand(
-        'stage=$(mktemp -d) && base64 -d > "$stage/apply.tgz" && tar -xzf "$stage/apply.tgz"',
-        '-C "$stage" && python3 "$stage/remote_apply.py" "$stage"; rc=$?; rm -rf "$stage"; exit $rc',
+        'stage=$(mktemp -d) && base64 -d > "$stage/apply.tgz"',
+        '&& tar -xzf "$stage/apply.tgz" -C "$stage"',
+        '&& python3 "$stage/remote_apply.py" "$stage"; rc=$?; rm -rf "$stage"; exit $rc',
         _stdin=base64.b64encode(archive).decode(),
-    )  # fmt: skip
+    )
 
 
-def _archive(desired: DesiredState, drift: Drift, host_state: HostState,
-             planned_workers: Sequence[str],
-             account: tuple[str, str, str], systemd_dir: str, lock_timeout: int,
-             extra_units: Sequence[str]) -> bytes:  # fmt: skip
+def _archive(
+    desired: DesiredState,
+    drift: Drift,
+    host_state: HostState,
+    planned_workers: Sequence[str],
+    account: tuple[str, str, str],
+    systemd_dir: str,
+    lock_timeout: int,
+    extra_units: Sequence[str],
+) -> bytes:
     uploads = {f.path: f"files/{i}" for i, f in enumerate(drift.uploads)}
     user, group, home = account
     manifest = {
@@ -112,26 +131,40 @@ def _archive(desired: DesiredState, drift: Drift, host_state: HostState,
         "pending_path": PENDING_PATH,
         "watched_dirs": list(desired.watched_dirs),
         "lock_timeout": lock_timeout,
-        "user": user, "group": group, "home": home,
-        "directories": [{"path": d.path, "mode": d.mode, "owner": d.owner, "group": d.group}
-                        for d in desired.directories],
+        "user": user,
+        "group": group,
+        "home": home,
+        "directories": [
+            {"path": d.path, "mode": d.mode, "owner": d.owner, "group": d.group}
+            for d in desired.directories
+        ],
         "secrets": list(desired.secrets),
         "signing_key": desired.signing_key,
         "synapse_check": dict(desired.synapse_check) if desired.synapse_check else None,
-        "files": [{"path": f.path, "mode": f.mode, "owner": f.owner, "group": f.group,
-                   "sha256": sha256(f.content), "payload": uploads.get(f.path),
-                   # What this run read: the host refuses to act on a view that is stale by then.
-                   "read_sha256": _read_sha256(host_state, f.path),
-                   "restarts": sorted(f.restarts), "unit_file": f.unit_file,
-                   "reloads": sorted(f.reloads), "check": f.check}
-                  for f in desired.files.values()],
+        "files": [
+            {
+                "path": f.path,
+                "mode": f.mode,
+                "owner": f.owner,
+                "group": f.group,
+                "sha256": sha256(f.content),
+                "payload": uploads.get(f.path),
+                # What this run read: the host refuses to act on a view that is stale by then.
+                "read_sha256": _read_sha256(host_state, f.path),
+                "restarts": sorted(f.restarts),
+                "unit_file": f.unit_file,
+                "reloads": sorted(f.reloads),
+                "check": f.check,
+            }
+            for f in desired.files.values()
+        ],
         "owned_globs": list(desired.owned_globs),
         "read_stale": list(drift.stale),
         "systemd_dir": systemd_dir,
         "planned_workers": list(planned_workers),
         "extra_units": list(extra_units),
         "readiness": dataclasses.asdict(desired.readiness),
-    }  # fmt: skip
+    }
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6) as tar:
         members = [("manifest.json", json.dumps(manifest).encode())]
@@ -142,6 +175,12 @@ def _archive(desired: DesiredState, drift: Drift, host_state: HostState,
             info.size, info.mode, info.mtime = len(content), 0o600, 0
             tar.addfile(info, io.BytesIO(content))
     return buffer.getvalue()
+
+
+def _outside_scanned_roots(desired: DesiredState, config_dir: str, systemd_dir: str) -> list[str]:
+    """Managed files the fact's directory scan does not cover (e.g. the nginx routing file)."""
+    scanned = (f"{config_dir.rstrip('/')}/*", f"{systemd_dir.rstrip('/')}/matrix-synapse*")
+    return sorted(p for p in desired.files if not any(fnmatch.fnmatchcase(p, g) for g in scanned))
 
 
 def _read_sha256(host_state: HostState, path: str) -> str | None:
@@ -157,7 +196,7 @@ def _show_diff(drift: Drift, actions: ServiceActions, config_dir: str) -> None:
         _log_lines(generate_color_diff([], _lines(f)), f)
     for f in drift.modified:
         host.log(f"Will modify {format_text(f.path, bold=True)}", logger.info)
-        _log_lines(generate_color_diff(old.get(f.path, []), _lines(f)), f)
+        _log_lines(generate_color_diff(mask_secret_values(old.get(f.path, [])), _lines(f)), f)
     for f in drift.metadata:
         host.log(f"Will set {f.path} to mode {f.mode:o}, owner {f.owner}:{f.group}", logger.info)
     for path in drift.stale:
@@ -173,11 +212,32 @@ def _show_diff(drift: Drift, actions: ServiceActions, config_dir: str) -> None:
 
 
 def _lines(f: DesiredFile) -> list[str]:
-    return [SECRET_MASK] if f.secret else f.content.decode().splitlines()
+    return [SECRET_MASK] if f.secret else mask_secret_values(f.content.decode().splitlines())
+
+
+# A YAML (or nginx/ini-like) line whose key names a secret: `  form_secret: "abc"`.
+_SECRET_LINE = re.compile(
+    r"^(?P<key>\s*(?:-\s+)?[\"']?[\w.-]*(?:pass|secret|token|private_key)[\w.-]*[\"']?\s*[:=])"
+    r"\s*(?P<value>\S.*)$",
+    re.IGNORECASE,
+)
+
+
+def mask_secret_values(lines: Sequence[str]) -> list[str]:
+    """Lines with the value of every secret-looking key (``*pass*``, ``*secret*``, ``*token*``, ...)
+    replaced, so no diff ever prints one; paths to secret files (``*_path``) stay readable."""
+    masked = []
+    for line in lines:
+        match = _SECRET_LINE.match(line)
+        key = match.group("key").strip(" -:=\"'").lower() if match else ""
+        if match and not key.endswith(("path", "file")):
+            line = f"{match.group('key')} {SECRET_MASK}"
+        masked.append(line)
+    return masked
 
 
 def _log_lines(lines, f: DesiredFile) -> None:
-    for line in ([f"    {SECRET_MASK}"] if f.secret else lines):
+    for line in [f"    {SECRET_MASK}"] if f.secret else lines:
         logger.info(f"  {line}")
 
 
@@ -234,15 +294,20 @@ def postgres_database(user: str, dbname: str, password: str, max_connections: in
     """
     current = host.get_fact(PostgresDatabase, user=user, dbname=dbname)
     collation = current.get("collation")
-    if (scram_matches(current.get("role_verifier"), password)  # type: ignore[arg-type]
-            and collation == ("C", "C")
-            and current.get("max_connections") == max_connections):  # fmt: skip
+    if (
+        scram_matches(current.get("role_verifier"), password)  # type: ignore[arg-type]
+        and collation == ("C", "C")
+        and current.get("max_connections") == max_connections
+    ):
         host.noop(f"PostgreSQL role {user} and database {dbname} as planned")
         return
     if collation not in (None, ("C", "C")):
-        raise OperationError(f"database {dbname} exists with collation {collation}; Synapse needs "
-                             "C (recreate it, or point matrix_synapse_database_name elsewhere)")  # fmt: skip
-    yield StringCommand("runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -d postgres",
-                        _stdin=sql)  # fmt: skip
+        raise OperationError(
+            f"database {dbname} exists with collation {collation}; Synapse needs "
+            "C (recreate it, or point matrix_synapse_database_name elsewhere)"
+        )
+    yield StringCommand(
+        "runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -d postgres", _stdin=sql
+    )
     if current.get("max_connections") != max_connections:
         yield StringCommand("systemctl restart postgresql")

@@ -85,7 +85,7 @@ def is_owned(path: str, owned_globs: Iterable[str]) -> bool:
 def _glob_matches(parts: list[str], pattern: list[str]) -> bool:
     if len(parts) != len(pattern):
         return False
-    for part, glob in zip(parts, pattern):
+    for part, glob in zip(parts, pattern, strict=True):
         if part.startswith(".") and not glob.startswith("."):
             return False
         if not fnmatch.fnmatchcase(part, glob):
@@ -106,9 +106,17 @@ class ServiceActions:
     reload: tuple[str, ...] = ()  # active units whose config changed and reload (nginx)
 
     def __bool__(self) -> bool:
-        return bool(self.stop or self.disable or self.daemon_reload or self.enable
-                    or self.restart_main or self.start_main or self.restart_workers
-                    or self.start or self.reload)  # fmt: skip
+        return bool(
+            self.stop
+            or self.disable
+            or self.daemon_reload
+            or self.enable
+            or self.restart_main
+            or self.start_main
+            or self.restart_workers
+            or self.start
+            or self.reload
+        )
 
     def commands(self) -> list[list[str]]:
         """``systemctl`` argument lists, in the order they must run."""
@@ -153,8 +161,12 @@ def plan_service_actions(
     planned = list(dict.fromkeys(planned_workers))
     planned_units = {worker_unit(n) for n in planned}
     stale = sorted(u for u in units if worker_name(u) and u not in planned_units)
-    stop = tuple(u for u in stale if units[u].active or (units[u].load_state == "loaded"
-                 and units[u].active_state == "failed"))  # fmt: skip
+    stop = tuple(
+        u
+        for u in stale
+        if units[u].active
+        or (units[u].load_state == "loaded" and units[u].active_state == "failed")
+    )
     disable = tuple(u for u in stale if units[u].enabled)
 
     restart_all = any(EVERY_PROCESS in c.restarts for c in changes)
@@ -163,18 +175,21 @@ def plan_service_actions(
     restart_main = (restart_all or MAIN in restarted) and main_state.active
     start_main = not main_state.active
     restart_workers = tuple(
-        n for n in planned
+        n
+        for n in planned
         if (restart_all or n in restarted) and units.get(worker_unit(n), UnitState()).active
-    )  # fmt: skip
+    )
     reloads = sorted({u for c in changes for u in c.reloads})
     start = tuple(
-        u for u in (*(worker_unit(n) for n in planned), TARGET_UNIT, *reloads)
+        u
+        for u in (*(worker_unit(n) for n in planned), TARGET_UNIT, *reloads)
         if not units.get(u, UnitState()).active
-    )  # fmt: skip
+    )
     enable = tuple(
-        u for u in (MAIN_UNIT, TARGET_UNIT, *(worker_unit(n) for n in planned))
+        u
+        for u in (MAIN_UNIT, TARGET_UNIT, *(worker_unit(n) for n in planned))
         if not units.get(u, UnitState()).enabled
-    )  # fmt: skip
+    )
     return ServiceActions(
         stop=stop,
         disable=disable,

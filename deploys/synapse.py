@@ -19,7 +19,7 @@ try:
     settings = parse_settings(host.data.dict())
     plan = build_plan(settings, host.name)
     # Read-only, at load time: every host of the run is checked before any operation runs.
-    claim_machine(host.name, host.get_fact(MachineId), settings.config_dir)
+    claim_machine(host.name, host.get_fact(MachineId))
 except SettingsError as error:
     raise PyinfraError(f"{host.name}: {error}") from None
 

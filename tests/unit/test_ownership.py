@@ -1,0 +1,80 @@
+"""Which files are ours and which are stale: one rule, the same answer on both sides (issue 9,
+bug 2: the controller used fnmatch, the host glob, so a dotfile or a file in a subfolder was
+previewed as "Will remove" on every run and never removed)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from deploys import remote_apply
+from deploys.drift import HostState, RemoteFile, compare
+from deploys.plan import build_plan
+from deploys.render import desired_state
+from deploys.services import is_owned
+from deploys.settings import parse_settings
+from tests.conftest import make_data
+
+
+@pytest.mark.parametrize(
+    ("path", "owned"),
+    [
+        ("/c/workers/generic-9.yaml", True),
+        ("/c/workers/.generic-9.yaml", False),  # hidden: the shell's * skips it
+        ("/c/workers/old/generic-9.yaml", False),  # * never crosses a /
+        ("/c/workers/README", False),
+        ("/s/matrix-synapse-worker@g.service.d/50-limits.conf", True),
+        ("/s/matrix-synapse-worker@g.service.d/.50-limits.conf", False),
+        ("/s/x/matrix-synapse-worker@g.service.d/50-limits.conf", False),
+    ],
+)
+def test_is_owned_has_glob_semantics(path: str, owned: bool) -> None:
+    globs = ("/c/workers/*.yaml", "/s/matrix-synapse-worker@*.service.d/50-limits.conf")
+    assert is_owned(path, globs) is owned
+
+
+def test_controller_and_host_agree_on_stale_and_foreign_files(tmp_path: Path) -> None:
+    settings = parse_settings(
+        make_data(
+            matrix_synapse_workers_enabled=True,
+            matrix_synapse_config_dir=str(tmp_path / "etc/matrix-synapse"),
+            matrix_synapse_systemd_dir=str(tmp_path / "etc/systemd/system"),
+        )
+    )
+    desired = desired_state(settings, build_plan(settings, "h"))
+    for f in desired.files.values():
+        Path(f.path).parent.mkdir(parents=True, exist_ok=True)
+        Path(f.path).write_bytes(f.content)
+    workers = tmp_path / "etc/matrix-synapse/workers"
+    foreign = [workers / ".notes.yaml", workers / "old/generic-99.yaml", workers / "README"]
+    stale = workers / "generic-99.yaml"
+    for path in [*foreign, stale]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("worker_name: x\n")
+
+    # The controller's view: every file the fact's find would list under the config dir.
+    files = {
+        str(p): RemoteFile(0o640, "root", "root", hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in (tmp_path / "etc").rglob("*")
+        if p.is_file()
+    }
+    drift = compare(desired, HostState(files=files), secrets=())
+    manifest = {
+        "files": [{"path": p} for p in desired.files],
+        "owned_globs": list(desired.owned_globs),
+        "systemd_dir": settings.systemd_dir,
+        "watched_dirs": list(desired.watched_dirs),
+    }
+    host_stale = [path for path, _ in remote_apply.stale_files(manifest)]
+
+    assert list(drift.stale) == host_stale == [str(stale)]
+    assert (
+        set(drift.left_alone)
+        == set(remote_apply.left_alone(manifest))
+        == {
+            str(workers / ".notes.yaml"),
+            str(workers / "README"),
+        }
+    )
