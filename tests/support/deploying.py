@@ -25,20 +25,45 @@ class Run:
     command_lines: dict[str, list[str]]
 
 
+# What the units run as Synapse's python: the stand-in, imported from its byte-compiled copy.
+# Compiling the module from source in every process would cost ~1.8 MB each (measured).
+STANDIN_LAUNCHER = """#!/usr/bin/python3 -S
+import sys
+
+import standin_synapse  # next to this file (sys.path[0]), from __pycache__
+
+sys.exit(standin_synapse.main(sys.argv[1:]))
+"""
+
+
 def install_standin(host: TestHost, user: str = "root") -> None:
-    """Put the sd_notify stand-in where the units expect Synapse's python."""
+    """Put the stand-in where the units expect Synapse's python (see standin_synapse.py)."""
     sudo = "" if user == "root" else "sudo -n "
-    host.ssh(f"{sudo}mkdir -p {VENV}/bin && {sudo}tee {VENV}/bin/python >/dev/null && "
-             f"{sudo}chmod 755 {VENV}/bin/python", user=user, input=STANDIN.read_text())
+    module = f"{VENV}/bin/standin_synapse.py"
+    host.ssh(
+        f"{sudo}mkdir -p {VENV}/bin && {sudo}tee {module} >/dev/null && "
+        f"{sudo}python3 -m py_compile {module}",
+        user=user,
+        input=STANDIN.read_text(),
+    )
+    host.ssh(
+        f"{sudo}tee {VENV}/bin/python >/dev/null && {sudo}chmod 755 {VENV}/bin/python",
+        user=user,
+        input=STANDIN_LAUNCHER,
+    )
 
 
-# With the stand-in there is nothing to install and no /health or Redis to wait for.
-STANDIN_SETTINGS = {"matrix_synapse_install_enabled": False, "matrix_synapse_readiness_timeout": 0,
-                    "matrix_synapse_config_check": False, "matrix_synapse_nginx_enabled": False}
+# The stand-in is not a Synapse install, and only the real Synapse can check its configs (the
+# e2e tests do); nginx routing and readiness (/health, Redis) run with their defaults.
+STANDIN_SETTINGS = {"matrix_synapse_install_enabled": False, "matrix_synapse_config_check": False}
 
 
-def write_inventory(path: Path, hosts: list[tuple[TestHost, dict[str, Any]]],
-                    user: str = "root", standin: bool = True) -> Path:
+def write_inventory(
+    path: Path,
+    hosts: list[tuple[TestHost, dict[str, Any]]],
+    user: str = "root",
+    standin: bool = True,
+) -> Path:
     entries = []
     for host, data in hosts:
         name, connection = host.inventory_entry(user=user)
@@ -52,22 +77,83 @@ def pyinfra(tmp_path: Path, inventory: Path, *args: str, timeout: float = 600) -
     """Run ``pyinfra INVENTORY deploys/synapse.py ARGS`` from the repo root, counting commands."""
     counts = tmp_path / f"counts-{len(list(tmp_path.glob('counts-*')))}.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.support.pyinfra_counted", str(counts), "--",
-         str(inventory), "deploys/synapse.py", *args],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, input="\n",
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "tests.support.pyinfra_counted",
+            str(counts),
+            "--",
+            str(inventory),
+            "deploys/synapse.py",
+            *args,
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input="\n",
+    )
     data = json.loads(counts.read_text()) if counts.exists() else {}
-    return Run(proc.returncode, proc.stdout + proc.stderr, data.get("commands", {}),
-               data.get("uploads", {}), data.get("command_lines", {}))  # fmt: skip
+    return Run(
+        proc.returncode,
+        proc.stdout + proc.stderr,
+        data.get("commands", {}),
+        data.get("uploads", {}),
+        data.get("command_lines", {}),
+    )
+
+
+# Only the apply command runs one of these: a run that sent none changed nothing on the host.
+APPLY_MARKERS = ("remote_apply.py", "base64 -d")
+
+
+def apply_commands(run: Run, host_name: str) -> list[str]:
+    """The apply commands (archive in, remote_apply.py) that `run` sent to the host."""
+    lines = run.command_lines.get(host_name, [])
+    return [line for line in lines if any(marker in line for marker in APPLY_MARKERS)]
+
+
+def pyinfra_table(run: Run, title: str, columns: int) -> dict[str, tuple[str, ...]]:
+    """A table pyinfra printed under ``--> TITLE:``: operation (and "Grand total") -> its last
+    `columns` cells ("-" for none)."""
+    marker = f"--> {title}:"
+    assert marker in run.output, run.output[-3000:]
+    rows: dict[str, tuple[str, ...]] = {}
+    for line in run.output.split(marker, 1)[1].splitlines()[2:]:  # after the column headers
+        if not line.strip():
+            break
+        cells = line.split()
+        rows[" ".join(cells[:-columns])] = tuple(cells[-columns:])
+    assert rows, run.output[-3000:]
+    return rows
+
+
+def assert_no_changes(run: Run, host_name: str, commands: int = 3) -> None:
+    """A run that found nothing to do: no change for any operation on any host, no apply
+    command, and exactly `commands` SSH commands (a normal run: the machine-id and the fact in
+    each of pyinfra's two passes; ``--dry``: one pass)."""
+    assert run.returncode == 0, run.output[-3000:]
+    if "--> Results:" in run.output:  # a run that executed: Hosts, Success, Error, No Change
+        for operation, (hosts, *cells) in pyinfra_table(run, "Results", 4).items():
+            assert cells == ["-", "-", hosts], (operation, run.output[-3000:])
+        assert f"[{host_name}] No changes" in run.output
+    else:  # --dry: only the detected changes (Change, Conditional Change)
+        for operation, cells in pyinfra_table(run, "Detected changes", 2).items():
+            assert cells == ("-", "-"), (operation, run.output[-3000:])
+    assert apply_commands(run, host_name) == [], run.command_lines
+    assert run.commands[host_name] == commands, run.command_lines[host_name]
+    assert run.uploads.get(host_name, 0) == 0
 
 
 def host_snapshot(host: TestHost) -> str:
-    """Every managed file's checksum, mode and owner, plus every unit's state and main PID."""
+    """Every managed file's checksum, mode and owner (the nginx routing file too), plus every
+    unit's state and main PID."""
     return host.ssh(
         "find /etc/matrix-synapse /etc/systemd/system -path '*matrix-synapse*' "
         "-printf '%p %m %u %g %l\\n' | sort; "
-        "find /etc/matrix-synapse -type f -exec sha256sum {} + | sort; "
-        "systemctl show --property=Id,ActiveState,MainPID 'matrix-synapse*'"
+        "find /etc/nginx/conf.d -printf '%p %m %u %g %l\\n' | sort; "
+        "find /etc/matrix-synapse /etc/nginx/conf.d -type f -exec sha256sum {} + | sort; "
+        "systemctl show --property=Id,ActiveState,MainPID 'matrix-synapse*' nginx.service"
     ).stdout
 
 
