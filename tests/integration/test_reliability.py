@@ -13,7 +13,13 @@ from deploys.plan import build_plan
 from deploys.settings import SettingsError, parse_settings
 from tests.bench.latency_proxy import Cut, LatencyProxy
 from tests.conftest import make_data
-from tests.support.deploying import STANDIN_SETTINGS, install_standin, pyinfra, write_inventory
+from tests.support.deploying import (
+    STANDIN_SETTINGS,
+    assert_no_changes,
+    install_standin,
+    pyinfra,
+    write_inventory,
+)
 from tests.support.testhost import TestHost
 from tests.unit.test_settings import BAD_INPUTS
 
@@ -25,9 +31,11 @@ CUT_FRACTIONS = (0.02, 0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 0.97)
 
 def settings(cp_max: int) -> dict[str, Any]:
     # cp_max is in every worker file: changing it rewrites 145 files and restarts 145 workers.
-    return {"matrix_synapse_workers_enabled": True,
-            "matrix_synapse_workers_generic_workers_count": WORKERS - 15,
-            "matrix_synapse_database_workers_cp_max": cp_max}  # fmt: skip
+    return {
+        "matrix_synapse_workers_enabled": True,
+        "matrix_synapse_workers_generic_workers_count": WORKERS - 15,
+        "matrix_synapse_database_workers_cp_max": cp_max,
+    }
 
 
 @pytest.fixture
@@ -37,8 +45,10 @@ def host(testhost: TestHost) -> TestHost:
 
 
 def managed_hashes(host: TestHost) -> dict[str, str]:
-    out = host.ssh("find /etc/matrix-synapse /etc/systemd/system -path '*matrix-synapse*' "
-                   "-type f ! -path '*/secrets/*' -exec sha256sum {} +").stdout  # fmt: skip
+    out = host.ssh(
+        "find /etc/matrix-synapse /etc/systemd/system /etc/nginx/conf.d -path '*matrix-synapse*' "
+        "-type f ! -path '*/secrets/*' -exec sha256sum {} +"
+    ).stdout
     return {path: digest for digest, path in (line.split("  ", 1) for line in out.splitlines())}
 
 
@@ -51,13 +61,17 @@ def deploy(tmp_path: Path, host: TestHost, data: dict[str, Any], port: int | Non
     _, connection = host.inventory_entry()
     inventory = write_inventory(tmp_path / "inventory.py", [(host, data)])
     if port is not None:  # through the proxy
-        inventory.write_text(inventory.read_text().replace(
-            f"'ssh_port': {connection['ssh_port']}", f"'ssh_port': {port}"))  # fmt: skip
+        inventory.write_text(
+            inventory.read_text().replace(
+                f"'ssh_port': {connection['ssh_port']}", f"'ssh_port': {port}"
+            )
+        )
     return pyinfra(tmp_path, inventory, "-y", timeout=300)
 
 
 def test_cut_connections_leave_old_or_new_files_and_the_next_run_converges(
-        tmp_path: Path, host: TestHost) -> None:  # fmt: skip
+    tmp_path: Path, host: TestHost
+) -> None:
     assert deploy(tmp_path, host, settings(4)).returncode == 0
     new = managed_hashes(host)
     assert deploy(tmp_path, host, settings(3)).returncode == 0
@@ -85,19 +99,18 @@ def test_cut_connections_leave_old_or_new_files_and_the_next_run_converges(
         again = deploy(tmp_path, host, settings(4))
         assert again.returncode == 0, (fraction, again.output[-3000:])
         assert managed_hashes(host) == new
-        assert "No changes" in pyinfra(tmp_path, tmp_path / "inventory.py").output
+        assert_no_changes(pyinfra(tmp_path, tmp_path / "inventory.py"), host.name)
         assert deploy(tmp_path, host, settings(3)).returncode == 0  # back to the old plan
     # The cuts really interrupted runs (the early ones at least fail on the controller).
     assert sum(rc != 0 for _, rc in outcomes) >= len(CUT_FRACTIONS) // 2, outcomes
     print(f"cut points tried: {len(CUT_FRACTIONS)} of {total} bytes: {outcomes}")
 
 
-def test_one_machine_listed_twice_is_refused_before_any_change(tmp_path: Path,
-                                                               host: TestHost) -> None:  # fmt: skip
+def test_one_machine_listed_twice_is_refused_before_any_change(
+    tmp_path: Path, host: TestHost
+) -> None:
     _, connection = host.inventory_entry()
-    data = {**connection, "matrix_domain": "example.org", "matrix_synapse_install_enabled": False,
-            "matrix_synapse_readiness_timeout": 0, "matrix_synapse_config_check": False,
-            "matrix_synapse_nginx_enabled": False}  # fmt: skip
+    data = {**connection, "matrix_domain": "example.org", **STANDIN_SETTINGS}
     inventory = tmp_path / "inventory.py"
     inventory.write_text(f"hosts = {[('alias-a', data), ('alias-b', data)]!r}\n")
     run = pyinfra(tmp_path, inventory, "-y")
@@ -108,8 +121,12 @@ def test_one_machine_listed_twice_is_refused_before_any_change(tmp_path: Path,
 
 
 def test_garbage_on_the_host_is_handled_predictably(tmp_path: Path, host: TestHost) -> None:
-    assert deploy(tmp_path, host, settings(3) | {
-        "matrix_synapse_workers_generic_workers_count": 2}).returncode == 0  # fmt: skip
+    assert (
+        deploy(
+            tmp_path, host, settings(3) | {"matrix_synapse_workers_generic_workers_count": 2}
+        ).returncode
+        == 0
+    )
     host.ssh(
         "echo '{not: [yaml' > /etc/matrix-synapse/workers/generic-1.yaml; "  # ours, corrupted
         "echo 'hello' > /etc/matrix-synapse/workers/notes.txt; "  # not ours by name
@@ -125,14 +142,18 @@ def test_garbage_on_the_host_is_handled_predictably(tmp_path: Path, host: TestHo
     assert run.returncode == 0, run.output[-3000:]
     files = set(host.ssh("ls /etc/matrix-synapse/workers").stdout.split())
     assert "notes.txt" in files and "hand-made.yaml" not in files
-    assert "worker_app: synapse.app.generic_worker" in host.ssh(
-        "cat /etc/matrix-synapse/workers/generic-1.yaml").stdout
+    assert (
+        "worker_app: synapse.app.generic_worker"
+        in host.ssh("cat /etc/matrix-synapse/workers/generic-1.yaml").stdout
+    )
     assert "hand-made" not in " ".join(enabled_workers(host))
     assert "ghost" not in " ".join(enabled_workers(host))
     assert host.ssh("cat /etc/matrix-synapse/conf.d/local.yaml").stdout == "x: 1\n"
     dry = pyinfra(tmp_path, tmp_path / "inventory.py", "--dry")
     assert "Leaving alone (not ours by name)" in dry.output
     assert "/etc/matrix-synapse/workers/notes.txt" in dry.output
+    assert_no_changes(dry, host.name, commands=2)
+    assert_no_changes(pyinfra(tmp_path, tmp_path / "inventory.py"), host.name)
 
 
 @pytest.fixture(scope="module")
@@ -144,11 +165,14 @@ def untouched_host(base_tree: Path) -> Iterator[TestHost]:
         host.stop()
 
 
-@pytest.mark.parametrize(("overrides", "key", "allowed"), BAD_INPUTS,
-                         ids=[f"{i:02d}-{case[1]}" for i, case in enumerate(BAD_INPUTS)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("overrides", "key", "allowed"),
+    BAD_INPUTS,
+    ids=[f"{i:02d}-{case[1]}" for i, case in enumerate(BAD_INPUTS)],
+)
 def test_bad_input_stops_the_cli_with_the_exact_message_and_changes_nothing(
-        tmp_path: Path, untouched_host: TestHost, overrides: dict[str, Any], key: str,
-        allowed: str) -> None:  # fmt: skip
+    tmp_path: Path, untouched_host: TestHost, overrides: dict[str, Any], key: str, allowed: str
+) -> None:
     inventory = write_inventory(tmp_path / "inventory.py", [(untouched_host, overrides)])
     with pytest.raises(SettingsError) as expected:
         build_plan(parse_settings(make_data(**STANDIN_SETTINGS, **overrides)), untouched_host.name)
@@ -156,21 +180,32 @@ def test_bad_input_stops_the_cli_with_the_exact_message_and_changes_nothing(
     run = pyinfra(tmp_path, inventory, "-y")
     assert run.returncode != 0
     assert line in run.output  # exactly what the settings layer says, key, value and rule
-    assert untouched_host.ssh("test -e /etc/matrix-synapse || test -e /var/lib/pyinfra-synapse",
-                              check=False).returncode == 1  # fmt: skip
+    assert (
+        untouched_host.ssh(
+            "test -e /etc/matrix-synapse || test -e /var/lib/pyinfra-synapse", check=False
+        ).returncode
+        == 1
+    )
 
 
-def test_secrets_are_private_generated_once_and_never_printed(tmp_path: Path, host: TestHost) -> None:
+def test_secrets_are_private_generated_once_and_never_printed(
+    tmp_path: Path, host: TestHost
+) -> None:
     password = "db-password-" + uuid.uuid4().hex
-    data = {**settings(3), "matrix_synapse_workers_generic_workers_count": 2,
-            "matrix_synapse_database_password": password}  # fmt: skip
+    data = {
+        **settings(3),
+        "matrix_synapse_workers_generic_workers_count": 2,
+        "matrix_synapse_database_password": password,
+    }
     first = deploy(tmp_path, host, data)
     assert first.returncode == 0, first.output[-3000:]
     listing = host.ssh("stat -c '%a %U %n' /etc/matrix-synapse/secrets/*").stdout.splitlines()
     assert len(listing) == 6  # 4 shared secrets, signing key, database pgpass
     assert all(line.startswith("600 matrix-synapse ") for line in listing), listing
-    values = host.ssh("cat /etc/matrix-synapse/secrets/replication; echo; "
-                      "cat /etc/matrix-synapse/secrets/macaroon").stdout.split()  # fmt: skip
+    values = host.ssh(
+        "cat /etc/matrix-synapse/secrets/replication; echo; "
+        "cat /etc/matrix-synapse/secrets/macaroon"
+    ).stdout.split()
     # A change that rewrites the pgpass file and restarts everything, at the most verbose level.
     changed = {**data, "matrix_synapse_database_password": password + "-2"}
     inventory = write_inventory(tmp_path / "inventory.py", [(host, changed)])
@@ -179,6 +214,12 @@ def test_secrets_are_private_generated_once_and_never_printed(tmp_path: Path, ho
         assert run.returncode == 0, run.output[-3000:]
         for secret in (password, password + "-2", *values):
             assert secret not in run.output
+    assert_no_changes(pyinfra(tmp_path, inventory), host.name)
     # Generated once: the shared secrets did not change across runs.
-    assert host.ssh("cat /etc/matrix-synapse/secrets/replication; echo; "
-                    "cat /etc/matrix-synapse/secrets/macaroon").stdout.split() == values  # fmt: skip
+    assert (
+        host.ssh(
+            "cat /etc/matrix-synapse/secrets/replication; echo; "
+            "cat /etc/matrix-synapse/secrets/macaroon"
+        ).stdout.split()
+        == values
+    )
