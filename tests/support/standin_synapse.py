@@ -5,17 +5,19 @@ synapse.app.homeserver`` (or ``generic_worker``) ``--config-path=...``.
 Tests install it as ``<venv>/bin/standin_synapse.py``, byte-compiled, behind a three-line
 ``<venv>/bin/python`` launcher (``install_standin`` in tests/support/deploying.py); it also runs
 as a script. It behaves like a Synapse process wherever the deploy can tell, and costs about
-3 MB per process, so a thousand of them fit on one test host:
+2.8 MB (PSS) per process, so a thousand of them fit on one test host:
 
 - it reads every ``--config-path`` (a directory means its ``*.yaml`` files, sorted, as Synapse
   does; later files replace earlier top-level keys) and exits non-zero naming the file and line
   on a config it cannot read or parse. It parses the YAML subset the deploy renders (block
   mappings and sequences, JSON-style flow values, plain and quoted scalars, comments) and
   refuses anything else (anchors, tags, block scalars, multi-line scalars) by name;
-- it binds every listener of its config (main: ``listeners``, a worker: ``worker_listeners``) on
-  each of its ``bind_addresses``. HTTP listeners answer ``GET /health`` with ``200 OK`` and any
-  other path with ``200 {"standin": "<worker_name or main>"}`` (so routing tests can tell who
-  answered); metrics listeners answer ``/_synapse/metrics`` and 404 elsewhere;
+- it binds every ``http`` and ``metrics`` listener of its config (main: ``listeners``, a worker:
+  ``worker_listeners``) on each of its ``bind_addresses`` (or its unix socket ``path``), and
+  exits non-zero naming the address if one cannot be bound. HTTP listeners answer
+  ``GET /health`` with ``200 OK`` and any other path with ``200 {"standin": "<worker_name or
+  main>"}`` (so routing tests can tell who answered); metrics listeners answer
+  ``/_synapse/metrics`` and 404 elsewhere;
 - with ``redis.enabled`` it connects to Redis (``host``/``port`` or ``path``, ``password`` or
   ``password_path``) and subscribes to the channel ``<server_name>``, as Synapse's replication
   does, so ``PUBSUB NUMSUB <server_name>`` counts it; it exits non-zero if Redis goes away
@@ -30,7 +32,7 @@ Test-only fault hook, for faults that cannot be produced for real: if
 contains ``no-health``, the process starts, subscribes and reports READY as usual but answers
 ``/health`` with ``503`` for as long as it runs.
 
-Only the standard library's C modules are imported (``_socket``, ``select``, ``_signal``): the
+Besides ``os`` and ``sys`` it imports only C modules (``_socket``, ``select``, ``_signal``): the
 ``socket`` and ``json`` modules alone would add about 1 MB to every process.
 """
 
@@ -41,6 +43,7 @@ import select
 import sys
 
 FAULT_DIR = "/etc/matrix-synapse-standin"
+NAME = "main"  # worker_name, or "main": in log lines, answers and the fault file's name
 
 
 class ConfigError(Exception):
@@ -378,9 +381,6 @@ def log(message):
     sys.stderr.flush()
 
 
-NAME = "main"
-
-
 def bind(listener):
     kind = setting(listener, "type", str)
     if listener.get("path") is not None:  # a unix socket listener
@@ -558,11 +558,13 @@ def main(argv):
     global NAME
     try:
         module, paths, generate = parse_args(argv)
+        worker = module == "synapse.app.generic_worker"
+        if worker:  # until its config says: the worker's own file is named after it
+            NAME = os.path.basename(paths[-1]).removesuffix(".yaml")
         config = read_config(paths)
         server_name = setting(config, "server_name", str)
         if not server_name:
             raise ConfigError("server_name is missing")
-        worker = module == "synapse.app.generic_worker"
         NAME = (setting(config, "worker_name", str) if worker else None) or "main"
         if generate:
             return 0
