@@ -28,6 +28,7 @@ from tests.support.faults import (
     kill_apply_after,
     listing,
     rendering,
+    stale_processes,
     timed,
 )
 from tests.support.testhost import TestHost
@@ -61,7 +62,7 @@ def assert_no_changes(run: Run, host: TestHost) -> None:
 
 def assert_converged(host: TestHost, want: Rendering) -> None:
     """Every managed file is the rendering's, no stray file of ours or temporary is left, and
-    every planned process is active and answers /health."""
+    every planned process is active, answers /health and started after its config was written."""
     assert host_hashes(host, sorted(want.hashes)) == want.hashes
     managed_dirs = sorted({p.rsplit("/", 1)[0] for p in want.hashes})
     assert not [e for e in listing(host, managed_dirs) if TMP_SUFFIX in e]
@@ -78,6 +79,7 @@ def assert_converged(host: TestHost, want: Rendering) -> None:
     }
     statuses = health(host, want.health)
     assert set(statuses.values()) == {200}, {u: s for u, s in statuses.items() if s != 200}
+    assert not (stale := stale_processes(host, want)), stale
 
 
 # --- Issue 9: "Readiness failure path for real: a worker that never answers /health fails the run

@@ -21,6 +21,7 @@ from typing import Any
 
 from deploys.plan import build_plan
 from deploys.render import DesiredState, desired_state, health_ports, paths_for
+from deploys.services import EVERY_PROCESS, MAIN, worker_name
 from deploys.settings import parse_settings
 from tests.conftest import make_data
 from tests.support.deploying import STANDIN_SETTINGS
@@ -322,6 +323,34 @@ def health(host: TestHost, ports: Mapping[str, int]) -> dict[str, int | None]:
     )
     command = f"python3 -c {shlex.quote('import urllib.error' + chr(10) + script)}"
     return json.loads(host.ssh(command, input=json.dumps(dict(ports))).stdout)
+
+
+def stale_processes(host: TestHost, want: Rendering, slack: float = 0.05) -> dict[str, str]:
+    """Processes running an older config than the one on disk: unit -> the file written after its
+    main process started (start times from systemd's monotonic clock, mtimes from the real-time
+    clock, compared on the host)."""
+    reads: dict[str, list[str]] = {}
+    for unit in want.units:
+        name = worker_name(unit) or MAIN
+        reads[unit] = sorted(p for p, f in want.desired.files.items()
+                             if EVERY_PROCESS in f.restarts or name in f.restarts)  # fmt: skip
+    script = (
+        "import json, os, subprocess, sys, time\n"
+        "reads = json.load(sys.stdin)\n"
+        "show = ['systemctl', 'show', '--property=Id,ExecMainStartTimestampMonotonic', *reads]\n"
+        "out = subprocess.run(show, capture_output=True, text=True, check=True).stdout\n"
+        "offset = time.time() - time.clock_gettime(time.CLOCK_MONOTONIC)\n"
+        "stale = {}\n"
+        "for block in out.strip().split('\\n\\n'):\n"
+        "    props = dict(line.split('=', 1) for line in block.splitlines() if '=' in line)\n"
+        "    started = int(props['ExecMainStartTimestampMonotonic']) / 1e6 + offset\n"
+        "    for path in reads[props['Id']]:\n"
+        "        if os.stat(path).st_mtime > started + float(sys.argv[1]):\n"
+        "            stale[props['Id']] = path\n"
+        "print(json.dumps(stale))\n"
+    )
+    command = f"python3 -c {shlex.quote(script)} {slack}"
+    return json.loads(host.ssh(command, input=json.dumps(reads)).stdout)
 
 
 @contextmanager
