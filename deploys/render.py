@@ -13,7 +13,7 @@ from typing import Any, Final
 import jinja2
 import yaml
 
-from deploys.plan import WORKER_UNIT_TEMPLATE, Process, WorkerPlan
+from deploys.plan import WORKER_UNIT_TEMPLATE, Listener, Process, WorkerPlan, connect_address
 from deploys.routing import render_nginx_config
 from deploys.services import EVERY_PROCESS, MAIN, TARGET_UNIT
 from deploys.settings import REPO_ROOT, Settings
@@ -106,14 +106,26 @@ class DesiredFile:
     check: str | None = None
 
 
+NGINX_UNIT: Final = "nginx.service"
+
+
 @dataclass(frozen=True)
 class Readiness:
-    """How the host proves restarted processes are ready (empty ``health`` and no Redis: systemd's
-    READY=1 only)."""
+    """How the host proves that each unit a run (re)started is ready; ``timeout`` 0: no waiting.
+
+    Every such unit must be active under systemd; one in ``health`` must also answer ``GET`` on
+    its URL with 200, one in ``reachable`` must accept a TCP connection; and if a Synapse process
+    was (re)started, Redis must count every planned process subscribed. JSON-able: it travels in
+    the manifest as ``dataclasses.asdict``.
+    """
 
     timeout: int
-    health_ports: Mapping[str, int]  # unit -> a loopback HTTP port serving /health
-    redis: Mapping[str, Any] | None  # host/port/path, channel and expected subscriber count
+    # Synapse unit -> its /health URL, on an address its listener binds.
+    health: dict[str, str] = field(default_factory=dict)
+    # Other unit (nginx) -> (address, port) it listens on.
+    reachable: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # host/port/path, channel and expected subscriber count; None: Redis is not checked.
+    redis: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -181,55 +193,104 @@ def desired_state(settings: Settings, plan: WorkerPlan) -> DesiredState:
 
     everyone = frozenset({EVERY_PROCESS})
     add(paths.homeserver, _homeserver(settings, plan, paths), restarts=everyone)
-    add(paths.shared_workers, render_template("synapse/workers.yaml.j2", **context),
-        restarts=everyone)
+    add(
+        paths.shared_workers,
+        render_template("synapse/workers.yaml.j2", **context),
+        restarts=everyone,
+    )
     add(paths.log_config, render_template("synapse/log.yaml.j2", **context), restarts=everyone)
     if settings.database.password:
-        add(paths.pgpass, render_template("synapse/database.pgpass.j2", db=settings.database),
-            mode=0o600, owner=settings.user, restarts=everyone, secret=True)
+        add(
+            paths.pgpass,
+            render_template("synapse/database.pgpass.j2", db=settings.database),
+            mode=0o600,
+            owner=settings.user,
+            restarts=everyone,
+            secret=True,
+        )
     for worker in plan.workers:
-        add(paths.worker_config(worker.name),
+        add(
+            paths.worker_config(worker.name),
             render_template("synapse/worker.yaml.j2", worker=worker, **context),
-            restarts=frozenset({worker.name}))
+            restarts=frozenset({worker.name}),
+        )
     _add_units(settings, plan, paths, add)
     if settings.nginx_enabled:
         # nginx reads it at reload; `nginx -t` must pass first, or the old file is put back.
-        add(settings.nginx_config_path, render_nginx_config(plan, settings.nginx), mode=0o644,
-            group="root", reloads=frozenset({"nginx.service"}), check="nginx -t -q")
+        add(
+            settings.nginx_config_path,
+            render_nginx_config(plan, settings.nginx),
+            mode=0o644,
+            group="root",
+            reloads=frozenset({"nginx.service"}),
+            check="nginx -t -q",
+        )
     synapse_check = None
     if settings.config_check:
         synapse_check = {"python": posixpath.join(settings.venv_path, "bin", "python"),
                          "homeserver": paths.homeserver, "conf_d": paths.conf_d,
                          "workers_dir": paths.workers_dir}  # fmt: skip
-    return DesiredState(files, _directories(settings, paths), _owned_globs(paths),
-                        _readiness(settings, plan), tuple(paths.secrets.values()),
-                        paths.signing_key, synapse_check, (paths.workers_dir, paths.conf_d))  # fmt: skip
+    return DesiredState(
+        files,
+        _directories(settings, paths),
+        _owned_globs(paths),
+        _readiness(settings, plan),
+        tuple(paths.secrets.values()),
+        paths.signing_key,
+        synapse_check,
+        (paths.workers_dir, paths.conf_d),
+    )
 
 
 def health_ports(plan: WorkerPlan) -> dict[str, int]:
     """unit -> a port of its HTTP listeners (every http listener serves /health)."""
-    ports = {}
+    return {unit: listener.port for unit, listener in _health_listeners(plan).items()}
+
+
+def health_urls(plan: WorkerPlan) -> dict[str, str]:
+    """unit -> ``http://ADDRESS:PORT/health`` on an address the listener binds (``0.0.0.0`` ->
+    127.0.0.1, ``::`` -> ::1; an IPv6 literal in brackets)."""
+    return {unit: f"http://{_url_host(connect_address(listener.bind_addresses))}:{listener.port}"
+                  "/health"
+            for unit, listener in _health_listeners(plan).items()}  # fmt: skip
+
+
+def _health_listeners(plan: WorkerPlan) -> dict[str, Listener]:
+    listeners = {}
     for process in plan.processes:
         http = process.listener("http") or process.listener("replication")
         if http is not None:
-            ports[process.unit] = http.port
-    return ports
+            listeners[process.unit] = http
+    return listeners
+
+
+def _url_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
 
 
 def _readiness(settings: Settings, plan: WorkerPlan) -> Readiness:
     if settings.readiness_timeout == 0:
-        return Readiness(0, {}, None)
+        return Readiness(0)
+    reachable = {}
+    if settings.nginx_enabled:
+        nginx = settings.nginx
+        reachable[NGINX_UNIT] = (connect_address(nginx.listen_addresses), nginx.listen_port)
     redis = settings.redis
-    return Readiness(settings.readiness_timeout, health_ports(plan), {
-        "host": redis.host, "port": redis.port, "path": redis.path,
-        "channel": settings.domain, "subscribers": len(plan.processes)})  # fmt: skip
+    return Readiness(
+        timeout=settings.readiness_timeout,
+        health=health_urls(plan),
+        reachable=reachable,
+        redis={"host": redis.host, "port": redis.port, "path": redis.path,
+               "channel": settings.domain, "subscribers": len(plan.processes)},
+    )  # fmt: skip
 
 
 def _homeserver(settings: Settings, plan: WorkerPlan, paths: Paths) -> str:
     extension = ""
     if settings.configuration_extension:
-        extension = yaml.safe_dump(dict(settings.configuration_extension),
-                                   default_flow_style=False, sort_keys=True).rstrip("\n")  # fmt: skip
+        extension = yaml.safe_dump(
+            dict(settings.configuration_extension), default_flow_style=False, sort_keys=True
+        ).rstrip("\n")
     return render_template("synapse/homeserver.yaml.j2", settings=settings, plan=plan,
                            paths=paths, extension=extension,
                            pgpass=paths.pgpass if settings.database.password else None)  # fmt: skip
@@ -249,8 +310,14 @@ def _add_units(settings: Settings, plan: WorkerPlan, paths: Paths, add: Any) -> 
         (TARGET_UNIT, frozenset()),
     )
     for unit, restarts in units:
-        add(paths.unit(unit), render_template(f"systemd/{unit}.j2", **unit_context),
-            mode=0o644, group="root", restarts=restarts, unit_file=True)
+        add(
+            paths.unit(unit),
+            render_template(f"systemd/{unit}.j2", **unit_context),
+            mode=0o644,
+            group="root",
+            restarts=restarts,
+            unit_file=True,
+        )
     limited: list[tuple[Process, Mapping[str, str]]] = []
     if settings.main_resource_limits:
         limited.append((plan.main, settings.main_resource_limits))
@@ -259,10 +326,14 @@ def _add_units(settings: Settings, plan: WorkerPlan, paths: Paths, add: Any) -> 
         if limits:
             limited.append((worker, limits))
     for process, limits in limited:
-        add(paths.limits_dropin(process.unit),
-            render_template("systemd/resource-limits.conf.j2", subject=process.unit,
-                            limits=limits),
-            mode=0o644, group="root", restarts=frozenset({process.name}), unit_file=True)
+        add(
+            paths.limits_dropin(process.unit),
+            render_template("systemd/resource-limits.conf.j2", subject=process.unit, limits=limits),
+            mode=0o644,
+            group="root",
+            restarts=frozenset({process.name}),
+            unit_file=True,
+        )
 
 
 def _directories(settings: Settings, paths: Paths) -> tuple[DesiredDirectory, ...]:
