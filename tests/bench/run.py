@@ -3,8 +3,13 @@
     make bench                               # full run: >= 3 runs per cell, prints one table
     python -m tests.bench.run --quick        # smoke run: 1 run per cell, 13 and 130 workers
 
-Every host is a fresh systemd-nspawn Debian guest (tests/support/testhost.py) running the
-sd_notify stand-in for Synapse; pyinfra reaches its sshd through `LatencyProxy` (12 ms each way).
+Every host is a fresh systemd-nspawn Debian guest (tests/support/testhost.py) with nginx and
+Redis, running the stand-in for Synapse (tests/support/standin_synapse.py: it reads its configs,
+binds its listeners, answers ``/health`` and subscribes to Redis); pyinfra reaches its sshd
+through `LatencyProxy` (12 ms each way). The deploy runs with its defaults, nginx routing and
+readiness on, except what the stand-in cannot do: installing Synapse and checking configs with it
+(``STANDIN_SETTINGS`` in tests/support/deploying.py). After each of our first deploys the
+benchmark checks that every process is subscribed to Redis and nginx answers through its routes.
 Worker sets are the ``little-federation-helper`` preset (one federation sender) plus generic
 workers, so the totals are exactly 13, 130 and 1,000.
 
@@ -20,10 +25,11 @@ controller's peak RSS (``wait4`` rusage of the pyinfra process). Runs are normal
 (prepare, then execute; no ``-y``), as a user runs them.
 
 *Service start* is the time the host spent inside the deploy's state-changing ``systemctl``
-commands (daemon-reload, enable, start, restart, stop), measured by a timing wrapper installed as
-``/usr/local/sbin/systemctl`` on the test host (it runs ``/usr/bin/systemctl`` and logs start and
-end). Subtracting it from the first deploy leaves the fan-out: rendering, the fact, shipping and
-writing the files.
+commands (daemon-reload, enable, start, restart, stop, reload), measured by a timing wrapper
+installed as ``/usr/local/sbin/systemctl`` on the test host (it runs ``/usr/bin/systemctl`` and
+logs start and end). Subtracting it from the first deploy leaves the fan-out: rendering, the fact,
+shipping and writing the files, ``nginx -t``, and the readiness wait (``/health`` on every
+started process, ``PUBSUB NUMSUB``) that follows the starts.
 """
 
 from __future__ import annotations
@@ -61,17 +67,31 @@ rc=$?
 echo "$start $(date +%s.%N) $rc $*" >> {SHIM_LOG}
 exit $rc
 """
-SERVICE_VERBS = frozenset({"daemon-reload", "enable", "disable", "start", "stop", "restart",
-                           "reload", "try-restart", "reload-or-restart"})  # fmt: skip
+SERVICE_VERBS = frozenset(
+    {
+        "daemon-reload",
+        "enable",
+        "disable",
+        "start",
+        "stop",
+        "restart",
+        "reload",
+        "try-restart",
+        "reload-or-restart",
+    }
+)
 COLUMNS = ("first", "no_change", "changed")
+TIMES = "\N{MULTIPLICATION SIGN}"  # in ratios and "8 hosts TIMES 130"
 _names = itertools.count(1)
 
 
 def workers_data(workers: int) -> dict[str, Any]:
     """Host data for exactly `workers` workers: one federation sender plus generic workers."""
-    return {"matrix_synapse_workers_enabled": True,
-            "matrix_synapse_workers_preset": "little-federation-helper",
-            "matrix_synapse_workers_generic_workers_count": workers - 1}  # fmt: skip
+    return {
+        "matrix_synapse_workers_enabled": True,
+        "matrix_synapse_workers_preset": "little-federation-helper",
+        "matrix_synapse_workers_generic_workers_count": workers - 1,
+    }
 
 
 # --------------------------------------------------------------------------- hosts
@@ -84,8 +104,10 @@ class BenchHost:
         self.host = TestHost.start(f"bench{os.getpid()}-{next(_names)}")
         try:
             install_standin(self.host)
-            self.host.ssh("cat > /usr/local/sbin/systemctl && chmod 755 /usr/local/sbin/systemctl",
-                          input=SYSTEMCTL_SHIM)  # fmt: skip
+            self.host.ssh(
+                "cat > /usr/local/sbin/systemctl && chmod 755 /usr/local/sbin/systemctl",
+                input=SYSTEMCTL_SHIM,
+            )
             self.proxy = LatencyProxy("127.0.0.1", self.host.port, delay=delay)
             self.proxy.start()
         except BaseException:
@@ -107,6 +129,20 @@ class BenchHost:
             if verb in SERVICE_VERBS:
                 total += float(end) - float(start)
         return total
+
+    def check_serving(self, processes: int) -> None:
+        """Fail the benchmark unless the defaults really ran: every process subscribed to Redis
+        and nginx routing to a worker (the stand-in names itself in its answers)."""
+        subscribed = int(self.host.ssh("redis-cli PUBSUB NUMSUB example.org").stdout.split()[-1])
+        answer = self.host.ssh(
+            'python3 -c "import urllib.request as u; '
+            "print(u.urlopen('http://127.0.0.1:8088/_matrix/client/v3/sync').read().decode())\""
+        ).stdout
+        if subscribed != processes or '"standin": "generic-' not in answer:
+            raise RuntimeError(
+                f"{self.host.name}: {subscribed} of {processes} processes "
+                f"subscribed to Redis; nginx /sync answered {answer!r}"
+            )
 
     def drift_one_worker(self) -> None:
         """Edit one worker's file on the host, so the next deploy must rewrite just that one."""
@@ -144,8 +180,7 @@ class Sample:
     service_seconds: float  # the slowest host's (hosts run in parallel)
 
 
-def run_pyinfra(workdir: Path, inventory: Path, deploy: str,
-                hosts: Sequence[BenchHost]) -> Sample:  # fmt: skip
+def run_pyinfra(workdir: Path, inventory: Path, deploy: str, hosts: Sequence[BenchHost]) -> Sample:
     """Run ``pyinfra INVENTORY DEPLOY`` once (answering its prompt) and measure it."""
     counts = workdir / "counts.json"
     counts.unlink(missing_ok=True)
@@ -153,9 +188,20 @@ def run_pyinfra(workdir: Path, inventory: Path, deploy: str,
     with open(log, "w") as output:
         started = time.monotonic()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.pyinfra_counted", str(counts), "--",
-             str(inventory), deploy], cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=output,
-            stderr=subprocess.STDOUT)  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "tests.support.pyinfra_counted",
+                str(counts),
+                "--",
+                str(inventory),
+                deploy,
+            ],
+            cwd=REPO_ROOT,
+            stdin=subprocess.PIPE,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
         assert proc.stdin is not None
         proc.stdin.write(b"\n")  # "Are you sure?" when there are changes
         proc.stdin.close()
@@ -164,12 +210,18 @@ def run_pyinfra(workdir: Path, inventory: Path, deploy: str,
         seconds = time.monotonic() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise RuntimeError(f"pyinfra {deploy} failed (rc={proc.returncode}):\n"
-                           + "\n".join(log.read_text().splitlines()[-40:]))  # fmt: skip
+        raise RuntimeError(
+            f"pyinfra {deploy} failed (rc={proc.returncode}):\n"
+            + "\n".join(log.read_text().splitlines()[-40:])
+        )
     data = json.loads(counts.read_text())
-    return Sample(seconds, max(data["commands"].values(), default=0),
-                  max(data["uploads"].values(), default=0), usage.ru_maxrss / 1024,
-                  max(h.service_seconds() for h in hosts))  # fmt: skip
+    return Sample(
+        seconds,
+        max(data["commands"].values(), default=0),
+        max(data["uploads"].values(), default=0),
+        usage.ru_maxrss / 1024,
+        max(h.service_seconds() for h in hosts),
+    )
 
 
 def run_cycle(deploy: str, workers: int, host_count: int, delay: float) -> dict[str, Sample]:
@@ -179,8 +231,11 @@ def run_cycle(deploy: str, workers: int, host_count: int, delay: float) -> dict[
         # BenchHost stands in for TestHost: write_inventory only calls inventory_entry().
         entries = [(h, workers_data(workers)) for h in hosts]
         inventory = write_inventory(workdir / "inventory.py", entries)  # type: ignore[arg-type]
-        samples = {"first": run_pyinfra(workdir, inventory, deploy, hosts),
-                   "no_change": run_pyinfra(workdir, inventory, deploy, hosts)}  # fmt: skip
+        samples = {"first": run_pyinfra(workdir, inventory, deploy, hosts)}
+        if deploy == OURS:
+            for bench_host in hosts:
+                bench_host.check_serving(workers + 1)
+        samples["no_change"] = run_pyinfra(workdir, inventory, deploy, hosts)
         for bench_host in hosts:
             bench_host.drift_one_worker()
         samples["changed"] = run_pyinfra(workdir, inventory, deploy, hosts)
@@ -203,8 +258,7 @@ class Row:
 
     def fan_out(self) -> float:
         """First deploy minus the host's service start: the median of the per-run differences."""
-        return statistics.median(r["first"].seconds - r["first"].service_seconds
-                                 for r in self.runs)  # fmt: skip
+        return statistics.median(r["first"].seconds - r["first"].service_seconds for r in self.runs)
 
     def peak_rss(self) -> float:
         return max(s.peak_rss_mib for run in self.runs for s in run.values())
@@ -214,15 +268,18 @@ class Row:
         return " · ".join(f"{last[c].commands}/{last[c].uploads}" for c in COLUMNS)
 
 
-def measure(scenario: str, deploy: str, workers: int, hosts: int, runs: int,
-            delay: float) -> Row:  # fmt: skip
+def measure(scenario: str, deploy: str, workers: int, hosts: int, runs: int, delay: float) -> Row:
     row = Row(scenario, "ours" if deploy == OURS else "per-file")
     for index in range(runs):
         row.runs.append(run_cycle(deploy, workers, hosts, delay))
         first = row.runs[-1]["first"]
-        print(f"  {scenario} {row.deploy} run {index + 1}/{runs}: "
-              + ", ".join(f"{c} {row.runs[-1][c].seconds:.2f} s" for c in COLUMNS)
-              + f" (service start {first.service_seconds:.2f} s)", file=sys.stderr, flush=True)
+        print(
+            f"  {scenario} {row.deploy} run {index + 1}/{runs}: "
+            + ", ".join(f"{c} {row.runs[-1][c].seconds:.2f} s" for c in COLUMNS)
+            + f" (service start {first.service_seconds:.2f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
     return row
 
 
@@ -231,62 +288,99 @@ def _s(value: float) -> str:
 
 
 def _x(value: float) -> str:
-    return f"**{value:.0f}×**" if value >= 10 else f"**{value:.2f}×**"
+    return f"**{value:.0f}{TIMES}**" if value >= 10 else f"**{value:.2f}{TIMES}**"
 
 
 def format_row(row: Row) -> str:
     services = "—" if row.deploy == "per-file" else _s(row.median("first", "service_seconds"))
     fan_out = _s(row.median("first")) if row.deploy == "per-file" else _s(row.fan_out())
-    cells = [row.scenario, row.deploy, _s(row.median("first")), services, fan_out,
-             _s(row.median("no_change")), _s(row.median("changed")), row.counts(),
-             f"{row.peak_rss():.0f}"]  # fmt: skip
+    cells = [
+        row.scenario,
+        row.deploy,
+        _s(row.median("first")),
+        services,
+        fan_out,
+        _s(row.median("no_change")),
+        _s(row.median("changed")),
+        row.counts(),
+        f"{row.peak_rss():.0f}",
+    ]
     return "| " + " | ".join(cells) + " |"
 
 
 def format_ratio(label: str, what: str, top: Row, bottom: Row) -> str:
     """A row of top ÷ bottom for every timed column."""
+
     def ratio(get: Callable[[Row], float]) -> str:
         return _x(get(top) / get(bottom))
 
     first = ratio(lambda r: r.median("first"))
-    services = "—" if "per-file" in (top.deploy, bottom.deploy) else ratio(
-        lambda r: r.median("first", "service_seconds"))
+    services = (
+        "—"
+        if "per-file" in (top.deploy, bottom.deploy)
+        else ratio(lambda r: r.median("first", "service_seconds"))
+    )
     fan_out = ratio(lambda r: r.median("first") if r.deploy == "per-file" else r.fan_out())
-    cells = [label, what, first, services, fan_out, ratio(lambda r: r.median("no_change")),
-             ratio(lambda r: r.median("changed")), "", ""]  # fmt: skip
+    cells = [
+        label,
+        what,
+        first,
+        services,
+        fan_out,
+        ratio(lambda r: r.median("no_change")),
+        ratio(lambda r: r.median("changed")),
+        "",
+        "",
+    ]
     return "| " + " | ".join(cells) + " |"
 
 
-HEADER = ("| Workers | Deploy | First deploy (s) | of which service start (s) | "
-          "First deploy without service start (s) | No change (s) | One worker changed (s) | "
-          "SSH execs/uploads per host: first · no change · changed | Peak RSS (MiB) |\n"
-          "|---|---|--:|--:|--:|--:|--:|---|--:|")  # fmt: skip
+HEADER = (
+    "| Workers | Deploy | First deploy (s) | of which service start (s) | "
+    "First deploy without service start (s) | No change (s) | One worker changed (s) | "
+    "SSH execs/uploads per host: first · no change · changed | Peak RSS (MiB) |\n"
+    "|---|---|--:|--:|--:|--:|--:|---|--:|"
+)
 
 
 def git_revision() -> str:
     """The commit measured, marked when the work tree has uncommitted changes."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                              check=False).stdout.strip()  # fmt: skip
+        return subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
 
     revision = git("rev-parse", "--short", "HEAD") or "unknown"
     return revision + (" + uncommitted changes" if git("status", "--porcelain") else "")
 
 
 def machine_info(rtt_ms: float, runs: int) -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())  # fmt: skip
-    mem = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
-                   if line.startswith("MemTotal")))  # fmt: skip
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem = int(
+        next(
+            line.split()[1]
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        )
+    )
     import pyinfra
 
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (f"Machine: {cpu}, {os.cpu_count()} cores, {mem / 2**20:.0f} GiB RAM, "
-            f"Linux {platform.release()}; Python {platform.python_version()}, "
-            f"pyinfra {pyinfra.__version__}; code at {git_revision()}. "
-            f"Added latency {rtt_ms:g} ms RTT (tests/bench/latency_proxy.py). "
-            f"Median of {runs} run(s) per cell; load average at start: {load}.")  # fmt: skip
+    return (
+        f"Machine: {cpu}, {os.cpu_count()} cores, {mem / 2**20:.0f} GiB RAM, "
+        f"Linux {platform.release()}; Python {platform.python_version()}, "
+        f"pyinfra {pyinfra.__version__}; code at {git_revision()}. "
+        f"Added latency {rtt_ms:g} ms RTT (tests/bench/latency_proxy.py). "
+        f"Median of {runs} run(s) per cell; load average at start: {load}."
+    )
 
 
 # --------------------------------------------------------------------------- main
@@ -316,24 +410,40 @@ def run_benchmark(plan: Plan) -> str:
             lines.append(format_ratio(label, "per-file ÷ ours", baseline, ours[workers]))
     smallest, largest = min(plan.sizes), max(plan.sizes)
     if largest != smallest:
-        lines.append(format_ratio(f"{largest:,} vs {smallest}", f"ours: {largest:,} ÷ {smallest}",
-                                  ours[largest], ours[smallest]))  # fmt: skip
+        lines.append(
+            format_ratio(
+                f"{largest:,} vs {smallest}",
+                f"ours: {largest:,} ÷ {smallest}",
+                ours[largest],
+                ours[smallest],
+            )
+        )
     if plan.multi_hosts > 1:
-        label = f"{plan.multi_hosts} hosts × {plan.multi_workers}"
+        label = f"{plan.multi_hosts} hosts {TIMES} {plan.multi_workers}"
         multi = measure(label, OURS, plan.multi_workers, plan.multi_hosts, plan.runs, delay)
         lines.append(format_row(multi))
         if plan.multi_workers in ours:
-            lines.append(format_ratio(label, f"ours: {plan.multi_hosts} hosts ÷ 1 host", multi,
-                                      ours[plan.multi_workers]))  # fmt: skip
+            lines.append(
+                format_ratio(
+                    label,
+                    f"ours: {plan.multi_hosts} hosts ÷ 1 host",
+                    multi,
+                    ours[plan.multi_workers],
+                )
+            )
     return "\n".join([HEADER, *lines])
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench.run",
-                                     description=__doc__.split("\n")[0])  # fmt: skip
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 1 run per cell, 13 and 130 workers only, the per-file "
-                             "baseline at 13 only (one baseline run at 130 takes ~10 minutes)")
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.bench.run", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 1 run per cell, 13 and 130 workers only, the per-file "
+        "baseline at 13 only (one baseline run at 130 takes ~10 minutes)",
+    )
     parser.add_argument("--runs", type=int, default=3, help="runs per cell (default 3)")
     parser.add_argument("--rtt-ms", type=float, default=24.0, help="added round-trip time")
     parser.add_argument("--no-baseline", action="store_true", help="skip the per-file baseline")
@@ -343,17 +453,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("; ".join(problems))
     ensure_base_tree()
     quick = args.quick
-    plan = Plan(sizes=(13, 130) if quick else (13, 130, 1000),
-                baseline_sizes=() if args.no_baseline else (13,) if quick else (13, 130),
-                multi_hosts=8, multi_workers=130, runs=1 if quick else args.runs,
-                rtt_ms=args.rtt_ms)  # fmt: skip
+    plan = Plan(
+        sizes=(13, 130) if quick else (13, 130, 1000),
+        baseline_sizes=() if args.no_baseline else (13,) if quick else (13, 130),
+        multi_hosts=8,
+        multi_workers=130,
+        runs=1 if quick else args.runs,
+        rtt_ms=args.rtt_ms,
+    )
     info = machine_info(plan.rtt_ms, plan.runs)
     print(info, file=sys.stderr, flush=True)
     started = time.monotonic()
     table = run_benchmark(plan)
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    report = (f"{info}\n\n{table}\n\nBenchmark took {(time.monotonic() - started) / 60:.0f} min; "
-              f"load average at the end: {load}.\n")
+    report = (
+        f"{info}\n\n{table}\n\nBenchmark took {(time.monotonic() - started) / 60:.0f} min; "
+        f"load average at the end: {load}.\n"
+    )
     print(report)
     if args.output:
         args.output.write_text(report)
