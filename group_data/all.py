@@ -28,8 +28,11 @@ matrix_synapse_trusted_key_servers = [{"server_name": "matrix.org"}]
 # Root log level for main and every worker (logs go to the journal).
 matrix_synapse_log_level = "INFO"
 
-# Extra top-level homeserver.yaml settings passed through verbatim, e.g. {"max_upload_size": "100M"}.
-# Keys that this deploy manages itself (listeners, database, instance_map, ...) are refused.
+# Extra top-level homeserver.yaml settings passed through verbatim,
+# e.g. {"max_upload_size": "100M"}.
+# Keys that this deploy manages itself (listeners, database, instance_map, ...) are refused, and so
+# are the secrets it generates on the host (macaroon_secret_key, form_secret,
+# registration_shared_secret, worker_replication_secret): their values are never printed.
 matrix_synapse_configuration_extension = {}
 
 # ---------------------------------------------------------------------------------------------
@@ -48,6 +51,7 @@ matrix_synapse_version = "1.163.2"
 matrix_synapse_venv_path = "/opt/venvs/matrix-synapse"
 
 # System user and group Synapse runs as; they own its data and can read its config.
+# Never root (root, toor, or the groups root and wheel are refused).
 matrix_synapse_user = "matrix-synapse"
 matrix_synapse_group = "matrix-synapse"
 
@@ -171,6 +175,11 @@ matrix_synapse_workers_enabled = False
 matrix_synapse_workers_preset = "one-of-each"
 
 # Worker counts. None takes the preset's count; a number overrides it.
+# Maximum: at most 1,000 workers of one type (each type's ports are one 1,000-wide block, below;
+# the stream writers of all streams share one block, so at most 1,000 of them together), and
+# at most 1,024 workers per machine in all (1,000 of one type on top of a preset's others; the
+# deploy is tested at 1,000 and each Synapse process needs ~120 MiB). Larger counts stop the run
+# at once, naming the key.
 matrix_synapse_workers_room_workers_count = None
 matrix_synapse_workers_sync_workers_count = None
 matrix_synapse_workers_client_reader_workers_count = None
@@ -221,9 +230,9 @@ matrix_synapse_workers_pusher_workers_metrics_range_start = 30000
 matrix_synapse_workers_appservice_workers_metrics_range_start = 31000
 matrix_synapse_workers_background_workers_metrics_range_start = 31100
 
-# A hand-written worker list replaces the preset and every count above. Entries use
-# matrix-docker-ansible-deploy's fields: name and type are required; port (HTTP),
-# replication_port and stream_writer_stream are required where the type needs them;
+# A hand-written worker list replaces the preset and every count above (the same maximum and
+# rules apply). Entries use matrix-docker-ansible-deploy's fields: name and type are required;
+# port (HTTP), replication_port and stream_writer_stream are required where the type needs them;
 # metrics_port when metrics are enabled; id, app and webserving are accepted. Example:
 #   [{"name": "generic-0", "type": "generic_worker", "port": 15000, "metrics_port": 25000},
 #    {"name": "stream-writer-0-events", "type": "stream_writer", "stream_writer_stream": "events",
