@@ -12,6 +12,11 @@ from deploys.render import desired_state, paths_for
 from deploys.settings import WORKER_NAME_RE, Settings, parse_settings
 from deploys.worker_types import PRESETS, SPECIALISED_TYPE_KEYS, STREAMS, WORKER_TYPES
 from tests.conftest import make_data
+from tests.unit.test_settings import (
+    assert_no_two_listeners_share_a_port,
+    expected_ports,
+    rendered_listeners,
+)
 
 
 @st.composite
@@ -42,21 +47,29 @@ def planned(data: dict[str, Any]) -> tuple[Settings, WorkerPlan]:
     return settings, build_plan(settings, "host-a")
 
 
-PROPERTY = hyp_settings(max_examples=60, deadline=None,
-                        suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+PROPERTY = hyp_settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @PROPERTY
 @given(valid_data())
-def test_ports_are_unique_across_all_processes(data: dict[str, Any]) -> None:
-    _, plan = planned(data)
-    ports = [listener.port for p in plan.processes for listener in p.listeners]
-    assert len(ports) == len(set(ports))
+def test_rendered_listeners_follow_the_layout_and_never_share_a_port(data: dict[str, Any]) -> None:
+    # Read back from the rendered files, not the plan whose own check let it through.
+    settings, plan = planned(data)
+    found = rendered_listeners(settings, plan)
+    assert_no_two_listeners_share_a_port(found)
+    assert set(found) == {"main", "nginx", *(w.name for w in plan.workers)}
+    for name, listeners in found.items():
+        if name not in ("main", "nginx"):
+            assert {port for _, port in listeners} == expected_ports(data, name), name
 
 
 @PROPERTY
 @given(valid_data())
-def test_every_stream_writer_is_in_instance_map_on_its_replication_port(data: dict[str, Any]) -> None:
+def test_every_stream_writer_is_in_instance_map_on_its_replication_port(
+    data: dict[str, Any],
+) -> None:
     _, plan = planned(data)
     writers = {name for names in plan.shared.stream_writers.values() for name in names}
     assert set(plan.shared.instance_map) - {MAIN} == writers
@@ -94,13 +107,16 @@ def test_every_name_a_shared_setting_references_has_a_worker_file(data: dict[str
 @given(valid_data())
 def test_redis_is_enabled_and_shared_config_matches_the_plan(data: dict[str, Any]) -> None:
     settings, plan = planned(data)
-    shared = yaml.safe_load(desired_state(settings, plan).files[
-        paths_for(settings).shared_workers].content)  # fmt: skip
+    shared = yaml.safe_load(
+        desired_state(settings, plan).files[paths_for(settings).shared_workers].content
+    )
     assert shared["redis"]["enabled"] is True
     assert {k: tuple(v) for k, v in shared.get("stream_writers", {}).items()} == dict(
-        plan.shared.stream_writers)
+        plan.shared.stream_writers
+    )
     assert tuple(shared.get("federation_sender_instances", ())) == (
-        plan.shared.federation_sender_instances)
+        plan.shared.federation_sender_instances
+    )
     assert tuple(shared.get("pusher_instances", ())) == plan.shared.pusher_instances
     if any(w.worker_type and w.worker_type.media for w in plan.workers):
         assert shared["enable_media_repo"] is False

@@ -9,7 +9,6 @@ tests/nginx/test_nginx_real.py.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
@@ -390,13 +389,11 @@ def test_nginx_on_a_synapse_port_is_refused_naming_the_setting() -> None:
     render_nginx_config(plan, NginxSettings(listen_addresses=("127.0.0.2",), listen_port=8008))
 
 
-def test_1000_workers_render_quickly_and_deterministically() -> None:
+def test_1000_workers_render_deterministically() -> None:
+    # How fast is the benchmark's business (make bench), not a unit test's.
     plan = build("1000-workers")
     assert len(plan.workers) == 1000
-    started = time.perf_counter()
     config = render_nginx_config(plan, NginxSettings())
-    elapsed = time.perf_counter() - started
-    assert elapsed < 1.0
     assert render_nginx_config(plan, NginxSettings()) == config
     routes = nginx_routes(plan)
     assert len(routes.upstream(G).servers) == 959

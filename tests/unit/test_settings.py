@@ -232,12 +232,16 @@ def expected_ports(data: dict[str, Any], name: str) -> set[int]:
     if match := re.fullmatch(r"stream-writer-(\d+)-([a-z-]+)", name):
         index, stream = int(match[1]), match[2]
         http, replication, metrics = (data[k] + index for k in WRITER_LAYOUT)
-        return {replication, metrics} | ({http} if stream in WRITER_HTTP_STREAMS else set())
+        ports = {replication} | ({http} if stream in WRITER_HTTP_STREAMS else set())
+        return ports | ({metrics} if data["matrix_synapse_metrics_enabled"] else set())
     match = re.fullmatch(r"([a-z-]+)-(\d+)", name)
     assert match, name
     http_key, metrics_key = LAYOUT[match[1]]
     index = int(match[2])
-    return {data[metrics_key] + index} | ({data[http_key] + index} if http_key else set())
+    ports = {data[http_key] + index} if http_key else set()
+    return ports | (
+        {data[metrics_key] + index} if data["matrix_synapse_metrics_enabled"] else set()
+    )
 
 
 @pytest.mark.parametrize("t", WORKER_TYPES, ids=[t.key for t in WORKER_TYPES])
