@@ -5,8 +5,9 @@ planned ports never meet anything else on the machine. One asyncio thread serves
 planned HTTP listener (main and each worker); a stub answers any request with its process name.
 nginx (Debian's ``nginx-light``) runs in the foreground as our child, on a config that includes
 only the rendered file, and is stopped by its PID. Every table case of tests/unit/test_routing.py
-is sent through it and must be answered by a process of the expected upstream, which nginx names
-in ``X-Synapse-Upstream``.
+and one sample per line of Synapse's docs/workers.md lists are sent through it and must be
+answered by a process of the expected upstream (which nginx names in ``X-Synapse-Upstream``); the
+processes of each upstream are known by their names, not asked of the routing code.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import functools
 import http.client
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -35,9 +37,7 @@ import pytest
 from deploys.plan import WorkerPlan
 from deploys.routing import (
     UPSTREAM_HEADER,
-    NginxRoutes,
     NginxSettings,
-    nginx_routes,
     render_nginx_config,
 )
 from tests.unit.test_routing import EXPECTED, build, table
@@ -149,7 +149,6 @@ class Nginx:
     """A running nginx in front of the stubs of one plan."""
 
     plan: WorkerPlan
-    routes: NginxRoutes
     address: str
     port: int
     stubs: Stubs
@@ -170,8 +169,32 @@ class Nginx:
         finally:
             conn.close()
 
-    def members(self, upstream: str) -> set[str]:
-        return {s.process for s in self.routes.upstream(upstream).servers}
+    def may_answer(self, upstream: str, process: str | None) -> bool:
+        """``process`` is a planned process of the class ``upstream`` names (see CLASS_MEMBERS)."""
+        planned = {p.name for p in self.plan.processes}
+        return process in planned and bool(re.fullmatch(class_members(upstream), process or ""))
+
+
+# Which processes belong to each upstream class, by their names (matrix-docker-ansible-deploy's
+# "<type>-<n>" and "stream-writer-<n>-<stream>"): written here, not asked of the routing code.
+CLASS_MEMBERS = {
+    "synapse_main": r"main",
+    "synapse_generic": r"generic-\d+",
+    "synapse_generic_by_room": r"generic-\d+",
+    "synapse_client_reader": r"client-reader-\d+",
+    "synapse_room": r"room-\d+",
+    "synapse_sync": r"sync-\d+",
+    "synapse_federation_reader": r"federation-reader-\d+",
+    "synapse_media": r"media-repository-\d+",
+    "synapse_user_directory": r"user-dir-\d+",
+}
+
+
+def class_members(upstream: str) -> str:
+    if upstream.startswith("synapse_stream_"):
+        stream = upstream.removeprefix("synapse_stream_").replace("_", "-")
+        return rf"stream-writer-\d+-{stream}"
+    return CLASS_MEMBERS[upstream]
 
 
 def free_loopback_address() -> str:
@@ -221,7 +244,6 @@ def running_nginx(tmp: Path, plan_name: str, **settings: Any) -> Iterator[Nginx]
     conf = tmp / "nginx.conf"
     conf.write_text(main_config(tmp, site))
     check_config(tmp, conf)
-    routes = nginx_routes(plan, nginx)
     listeners = {}
     for process in plan.processes:
         if (http := process.listener("http")) is not None:
@@ -231,7 +253,7 @@ def running_nginx(tmp: Path, plan_name: str, **settings: Any) -> Iterator[Nginx]
                                 stdout=subprocess.DEVNULL, stderr=stderr)  # fmt: skip
         try:
             _wait_listening(proc, address, NGINX_PORT, tmp / "nginx.stderr")
-            yield Nginx(plan, routes, address, NGINX_PORT, stubs, tmp / "access.log")
+            yield Nginx(plan, address, NGINX_PORT, stubs, tmp / "access.log")
         finally:
             _stop(proc)
 
@@ -307,11 +329,102 @@ def test_every_case_reaches_a_process_of_the_expected_upstream(
     wrong = {}
     for case, method, target, expected in table(plan_name):
         answer = nginx.request(method, target)
-        if (answer.status, answer.upstream) != (200, expected) or (
-            answer.process not in nginx.members(expected)
+        if (answer.status, answer.upstream) != (200, expected) or not nginx.may_answer(
+            expected, answer.process
         ):
             wrong[case] = (answer.status, answer.upstream, answer.process, expected)
     assert not wrong, f"case: (status, upstream, process, expected upstream): {wrong}"
+
+
+# One sample request per line of Synapse's docs/workers.md lists (1.163.2, as quoted in
+# /work/shared/reference/synapse-workers.md section 2) and the class that must serve it when
+# generic workers, one writer per stream and a media worker run (one-of-each, 130-generic).
+G, MAIN, MEDIA = "synapse_generic", "synapse_main", "synapse_media"
+DEVICE_LISTS = "synapse_stream_device_lists"
+QUARANTINE = "synapse_stream_quarantined_media_changes"
+DOCS_SAMPLES = [
+    # 2.1 generic worker: sync, federation, inbound transactions
+    ("GET", "/_matrix/client/v3/initialSync", G),
+    ("GET", "/_matrix/client/r0/rooms/!r:x/initialSync", G),
+    ("GET", "/_matrix/federation/v1/version", G),
+    ("GET", "/_matrix/federation/v1/state/!r:x", G),
+    ("GET", "/_matrix/federation/v1/backfill/!r:x", G),
+    ("POST", "/_matrix/federation/v1/get_missing_events/!r:x", G),
+    ("GET", "/_matrix/federation/v1/publicRooms", G),
+    ("GET", "/_matrix/federation/v1/query/profile", G),
+    ("GET", "/_matrix/federation/v1/make_join/!r:x/@u:y", G),
+    ("PUT", "/_matrix/federation/v2/send_join/!r:x/$e", G),
+    ("PUT", "/_matrix/federation/v2/invite/!r:x/$e", G),
+    ("GET", "/_matrix/federation/v1/event_auth/!r:x/$e", G),
+    ("GET", "/_matrix/federation/v1/user/devices/@u:x", G),
+    ("GET", "/_matrix/federation/v1/hierarchy/!r:x", G),
+    ("PUT", "/_matrix/federation/v1/send/t1", G),
+    # 2.1 client API, admin, encryption, registration, event sending
+    ("POST", "/_matrix/client/v3/createRoom", G),
+    ("GET", "/_matrix/client/v3/publicRooms", G),
+    ("GET", "/_matrix/client/v3/rooms/!r:x/joined_members", G),
+    ("GET", "/_matrix/client/v3/rooms/!r:x/context/$e", G),
+    ("GET", "/_matrix/client/v1/rooms/!r:x/relations/$e", G),
+    ("GET", "/_matrix/client/v1/rooms/!r:x/threads", G),
+    ("GET", "/_matrix/client/v3/account/whoami", G),
+    ("GET", "/_matrix/client/v3/voip/turnServer", G),
+    ("GET", "/_matrix/client/v3/joined_rooms", G),
+    ("POST", "/_matrix/client/v3/search", G),
+    ("GET", "/_matrix/client/v3/user/@u:x/filter/1", G),
+    ("GET", "/_matrix/client/v3/capabilities", G),
+    ("GET", "/_matrix/client/v3/notifications", G),
+    ("GET", "/_synapse/admin/v1/rooms/!r:x", G),
+    ("GET", "/_matrix/client/v3/keys/changes", G),
+    ("POST", "/_matrix/client/v3/keys/claim", G),
+    ("GET", "/_matrix/client/v3/room_keys/version", G),
+    ("GET", "/_matrix/client/v3/register/available", G),
+    ("GET", "/_matrix/client/v3/password_policy", G),
+    ("PUT", "/_matrix/client/v3/rooms/!r:x/redact/$e/t1", G),
+    ("PUT", "/_matrix/client/v3/rooms/!r:x/state/m.room.topic/", G),
+    ("POST", "/_matrix/client/v3/rooms/!r:x/invite", G),
+    ("POST", "/_matrix/client/v3/knock/!r:x", G),
+    ("GET", "/_matrix/client/v3/profile/@u:x", G),
+    # 2.1 pagination: sticky per room
+    ("GET", "/_matrix/client/v3/rooms/!r:x/messages", "synapse_generic_by_room"),
+    # 2.2 stream writers
+    ("POST", "/_matrix/client/v3/delete_devices", DEVICE_LISTS),
+    ("POST", "/_matrix/client/v3/keys/device_signing/upload", DEVICE_LISTS),
+    ("POST", "/_matrix/client/v3/keys/signatures/upload", DEVICE_LISTS),
+    ("POST", "/_matrix/client/v3/rooms/!r:x/read_markers", "synapse_stream_receipts"),
+    ("POST", "/_synapse/admin/v1/quarantine_media/!r:x", QUARANTINE),
+    ("POST", "/_synapse/admin/v1/media/unquarantine/x/abc", QUARANTINE),
+    # 2.3 media repository
+    ("GET", "/_matrix/media/v3/thumbnail/x/abc", MEDIA),
+    ("POST", "/_synapse/admin/v1/purge_media_cache", MEDIA),
+    ("GET", "/_synapse/admin/v1/users/@u:x/media", MEDIA),
+    # 2.5 main only
+    ("POST", "/_matrix/client/v3/pushers/set", MAIN),
+    ("GET", "/_matrix/client/v3/thirdparty/protocols", MAIN),
+    ("POST", "/_matrix/client/v3/logout", MAIN),
+]
+
+
+@pytest.mark.parametrize("plan_name", ["one-of-each", "130-generic"])
+def test_synapse_docs_endpoints_reach_a_process_of_the_documented_class(
+    nginx_for: Callable[..., Nginx], plan_name: str
+) -> None:
+    nginx = nginx_for(plan_name)
+    wrong = []
+    for method, target, expected in DOCS_SAMPLES:
+        answer = nginx.request(method, target)
+        if (answer.status, answer.upstream) != (200, expected) or not nginx.may_answer(
+            expected, answer.process
+        ):
+            wrong.append((method, target, answer.status, answer.upstream, answer.process, expected))
+    assert not wrong
+
+
+def test_a_process_outside_the_class_is_not_accepted(nginx_for: Callable[..., Nginx]) -> None:
+    nginx = nginx_for("one-of-each")
+    assert nginx.may_answer("synapse_stream_typing", "stream-writer-1-typing")
+    assert not nginx.may_answer("synapse_stream_typing", "stream-writer-2-to-device")
+    assert not nginx.may_answer("synapse_generic", "main")
+    assert not nginx.may_answer("synapse_generic", "generic-7")  # not planned in one-of-each
 
 
 # (plan, method, path, the process that must answer): the brief's cases, by worker name
