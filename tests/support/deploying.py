@@ -113,17 +113,21 @@ def apply_commands(run: Run, host_name: str) -> list[str]:
     return [line for line in lines if any(marker in line for marker in APPLY_MARKERS)]
 
 
-def pyinfra_table(run: Run, title: str, columns: int) -> dict[str, tuple[str, ...]]:
-    """A table pyinfra printed under ``--> TITLE:``: operation (and "Grand total") -> its last
-    `columns` cells ("-" for none)."""
+def pyinfra_table(run: Run, title: str, columns: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """A table pyinfra printed under ``--> TITLE:``: operation (and "Grand total") -> its cells
+    under the given column headers, cut at the headers' positions ("-" for none; a cell may hold
+    spaces, e.g. "1 (host)")."""
     marker = f"--> {title}:"
     assert marker in run.output, run.output[-3000:]
+    header, *lines = run.output.split(marker, 1)[1].splitlines()[1:]
+    starts = [header.index(column) for column in columns]
     rows: dict[str, tuple[str, ...]] = {}
-    for line in run.output.split(marker, 1)[1].splitlines()[2:]:  # after the column headers
+    for line in lines:
         if not line.strip():
             break
-        cells = line.split()
-        rows[" ".join(cells[:-columns])] = tuple(cells[-columns:])
+        cuts = [*starts, len(line)]
+        cells = tuple(line[cuts[i] : cuts[i + 1]].strip() for i in range(len(columns)))
+        rows[line[: starts[0]].strip()] = cells
     assert rows, run.output[-3000:]
     return rows
 
@@ -133,13 +137,15 @@ def assert_no_changes(run: Run, host_name: str, commands: int = 3) -> None:
     command, and exactly `commands` SSH commands (a normal run: the machine-id and the fact in
     each of pyinfra's two passes; ``--dry``: one pass)."""
     assert run.returncode == 0, run.output[-3000:]
-    if "--> Results:" in run.output:  # a run that executed: Hosts, Success, Error, No Change
-        for operation, (hosts, *cells) in pyinfra_table(run, "Results", 4).items():
+    if "--> Results:" in run.output:  # a run that executed
+        table = pyinfra_table(run, "Results", ("Hosts", "Success", "Error", "No Change"))
+        for operation, (hosts, *cells) in table.items():
             assert cells == ["-", "-", hosts], (operation, run.output[-3000:])
         assert f"[{host_name}] No changes" in run.output
-    else:  # --dry: only the detected changes (Change, Conditional Change)
-        for operation, cells in pyinfra_table(run, "Detected changes", 2).items():
-            assert cells == ("-", "-"), (operation, run.output[-3000:])
+    else:  # --dry: only the detected changes
+        table = pyinfra_table(run, "Detected changes", ("Change", "Conditional Change"))
+        for operation, cells in table.items():
+            assert cells == ("-", "-"), (operation, cells, run.output[-3000:])
     assert apply_commands(run, host_name) == [], run.command_lines
     assert run.commands[host_name] == commands, run.command_lines[host_name]
     assert run.uploads.get(host_name, 0) == 0
