@@ -10,54 +10,77 @@ from typing import Any
 
 import pytest
 
-from tests.support.deploying import main_pids, pyinfra, write_inventory
+from tests.e2e.checks import assert_rerun_changes_nothing
+from tests.support.deploying import Run, main_pids, pyinfra, write_inventory
 from tests.support.synapse_tree import E2E_SETTINGS, ensure_synapse_tree
 from tests.support.testhost import TestHost
 
 pytestmark = pytest.mark.integration
 
-BASE = {**E2E_SETTINGS, "matrix_synapse_workers_enabled": True,
-        "matrix_synapse_workers_preset": "one-of-each"}  # fmt: skip
+JOURNAL = "/var/lib/pyinfra-synapse/pending-changes.json"
+BASE = {
+    **E2E_SETTINGS,
+    "matrix_synapse_workers_enabled": True,
+    "matrix_synapse_workers_preset": "one-of-each",
+}
 
 
 class Cluster:
+    """One real-Synapse host shared by the tests of this module. Each test first brings it to the
+    state it starts from (``converge``), so none depends on which test ran before it."""
+
     def __init__(self, host: TestHost, folder: Path) -> None:
         self.host, self.folder = host, folder
 
-    def deploy(self, *args: str, **settings: Any):
-        inventory = write_inventory(self.folder / "inventory.py", [(self.host, {**BASE, **settings})],
-                                    standin=False)  # fmt: skip
+    def deploy(self, *args: str, **settings: Any) -> Run:
+        inventory = write_inventory(
+            self.folder / "inventory.py", [(self.host, {**BASE, **settings})], standin=False
+        )
         return pyinfra(self.folder, inventory, *args, timeout=900)
+
+    def converge(self, **settings: Any) -> None:
+        """Deploy ``settings`` and check the host is there: a rerun changes nothing and leaves
+        no pending-changes journal."""
+        run = self.deploy("-y", **settings)
+        assert run.returncode == 0, run.output[-4000:]
+        self.assert_converged(**settings)
+
+    def assert_converged(self, **settings: Any) -> None:
+        assert_rerun_changes_nothing(self.deploy(**settings), self.host)
+        assert not self.journal_exists()
+
+    def journal_exists(self) -> bool:
+        return self.host.ssh(f"test -f {JOURNAL}", check=False).returncode == 0
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     host = TestHost.start(f"e2e-faults-{int(time.time()) % 100000}", tree=ensure_synapse_tree())
     try:
-        cluster = Cluster(host, tmp_path_factory.mktemp("faults"))
-        first = cluster.deploy("-y")
-        assert first.returncode == 0, first.output[-4000:]
-        yield cluster
+        yield Cluster(host, tmp_path_factory.mktemp("faults"))
     finally:
         host.stop()
 
 
 def test_a_killed_apply_is_finished_by_the_next_run(cluster: Cluster) -> None:
     host = cluster.host
+    cluster.converge(matrix_synapse_log_level="INFO")  # the change below must restart everyone
     before = main_pids(host)
     runs: list[Any] = []
-    deploying = threading.Thread(target=lambda: runs.append(
-        cluster.deploy("-y", matrix_synapse_log_level="WARNING")))  # fmt: skip
+    deploying = threading.Thread(
+        target=lambda: runs.append(cluster.deploy("-y", matrix_synapse_log_level="WARNING"))
+    )
     deploying.start()
     # Wait until the new files are in place and Synapse is checking them, then kill the apply:
     # the restarts they need have not happened yet.
-    host.ssh("for i in $(seq 600); do pgrep -f [s]ynapse_check.py >/dev/null && break; sleep 0.05; "
-             "done; pkill -9 -f [r]emote_apply.py; pkill -9 -f [s]ynapse_check.py")  # fmt: skip
+    host.ssh(
+        "for i in $(seq 600); do pgrep -f [s]ynapse_check.py >/dev/null && break; sleep 0.05; "
+        "done; pkill -9 -f [r]emote_apply.py; pkill -9 -f [s]ynapse_check.py"
+    )
     deploying.join()
     assert runs[0].returncode != 0
     assert "level: WARNING" in host.ssh("cat /etc/matrix-synapse/log.yaml").stdout
-    assert host.ssh("test -f /var/lib/pyinfra-synapse/pending-changes.json",
-                    check=False).returncode == 0  # fmt: skip
+    assert cluster.journal_exists()
     assert main_pids(host) == before  # killed before any restart
 
     again = cluster.deploy("-y", matrix_synapse_log_level="WARNING")
@@ -65,17 +88,18 @@ def test_a_killed_apply_is_finished_by_the_next_run(cluster: Cluster) -> None:
     after = main_pids(host)
     restarted = {u for u in before if u.endswith(".service") and before[u] != after[u]}
     assert restarted == {u for u in before if u.endswith(".service")}  # main and every worker
-    assert host.ssh("test -f /var/lib/pyinfra-synapse/pending-changes.json",
-                    check=False).returncode == 1  # fmt: skip
-    assert "No changes" in cluster.deploy(matrix_synapse_log_level="WARNING").output
+    cluster.assert_converged(matrix_synapse_log_level="WARNING")
 
 
 def test_a_worker_that_cannot_start_fails_the_run_naming_it(cluster: Cluster) -> None:
     host = cluster.host
+    cluster.converge(matrix_synapse_log_level="WARNING")
     before = main_pids(host)
     # Port 5432 passes our validation (no Synapse listener has it) but PostgreSQL holds it.
-    broken = {"matrix_synapse_log_level": "WARNING",
-              "matrix_synapse_workers_generic_workers_port_range_start": 5432}  # fmt: skip
+    broken = {
+        "matrix_synapse_log_level": "WARNING",
+        "matrix_synapse_workers_generic_workers_port_range_start": 5432,
+    }
     run = cluster.deploy("-y", **broken)
     assert run.returncode != 0
     assert "matrix-synapse-worker@generic-0.service" in run.output
@@ -91,22 +115,30 @@ def test_a_worker_that_cannot_start_fails_the_run_naming_it(cluster: Cluster) ->
     fixed = cluster.deploy("-y", matrix_synapse_log_level="WARNING")
     assert fixed.returncode == 0, fixed.output[-4000:]
     assert main_pids(host)["matrix-synapse-worker@generic-0.service"] > 0
-    assert "No changes" in cluster.deploy(matrix_synapse_log_level="WARNING").output
+    cluster.assert_converged(matrix_synapse_log_level="WARNING")
 
 
 def test_a_config_synapse_refuses_is_rolled_back_before_any_restart(cluster: Cluster) -> None:
     host = cluster.host
-    cluster.deploy("-y", matrix_synapse_log_level="WARNING")
+    cluster.converge(matrix_synapse_log_level="WARNING")
     before = main_pids(host)
-    files = host.ssh("sha256sum /etc/matrix-synapse/homeserver.yaml "
-                     "/etc/matrix-synapse/workers/*.yaml").stdout  # fmt: skip
+    files = host.ssh(
+        "sha256sum /etc/matrix-synapse/homeserver.yaml /etc/matrix-synapse/workers/*.yaml"
+    ).stdout
     # Passes our validation (a pass-through setting) but Synapse cannot parse the size.
-    run = cluster.deploy("-y", matrix_synapse_log_level="WARNING",
-                         matrix_synapse_configuration_extension={"max_upload_size": "lots"})  # fmt: skip
+    run = cluster.deploy(
+        "-y",
+        matrix_synapse_log_level="WARNING",
+        matrix_synapse_configuration_extension={"max_upload_size": "lots"},
+    )
     assert run.returncode != 0
     assert "was refused; the previous files were put back and no process was touched" in run.output
     assert "media-repository-0.yaml: ValueError" in run.output  # the file and Synapse's message
-    assert host.ssh("sha256sum /etc/matrix-synapse/homeserver.yaml "
-                    "/etc/matrix-synapse/workers/*.yaml").stdout == files  # fmt: skip
+    assert (
+        host.ssh(
+            "sha256sum /etc/matrix-synapse/homeserver.yaml /etc/matrix-synapse/workers/*.yaml"
+        ).stdout
+        == files
+    )
     assert main_pids(host) == before
-    assert "No changes" in cluster.deploy(matrix_synapse_log_level="WARNING").output
+    cluster.assert_converged(matrix_synapse_log_level="WARNING")

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import shlex
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from deploys.settings import REPO_ROOT
+from tests.e2e.checks import assert_rerun_changes_nothing, assert_verify_passes_with_live_checks
 from tests.support.deploying import main_pids, pyinfra, write_inventory
 from tests.support.synapse_tree import E2E_SETTINGS, ensure_synapse_tree
 from tests.support.testhost import TestHost
@@ -65,8 +63,9 @@ def synapse_tree() -> Path:
     return ensure_synapse_tree()
 
 
-def boot_and_deploy(tmp_path: Path, testhost_factory: Any, tree: Path,
-                    settings: dict[str, Any]) -> tuple[TestHost, Path]:  # fmt: skip
+def boot_and_deploy(
+    tmp_path: Path, testhost_factory: Any, tree: Path, settings: dict[str, Any]
+) -> tuple[TestHost, Path]:
     (host,) = testhost_factory(1, tree=tree)
     inventory = write_inventory(tmp_path / "inventory.py", [(host, settings)], standin=False)
     run = pyinfra(tmp_path, inventory, "-y", timeout=900)
@@ -75,35 +74,42 @@ def boot_and_deploy(tmp_path: Path, testhost_factory: Any, tree: Path,
 
 
 def register(host: TestHost, client: Client, user: str) -> None:
-    host.ssh(f"/opt/venvs/matrix-synapse/bin/register_new_matrix_user -c "
-             f"/etc/matrix-synapse/homeserver.yaml -u {user} -p pass-{user} --no-admin "
-             "http://127.0.0.1:8008")  # fmt: skip
-    login = client("POST", "/_matrix/client/v3/login", {
-        "type": "m.login.password", "identifier": {"type": "m.id.user", "user": user},
-        "password": f"pass-{user}"})  # fmt: skip
+    host.ssh(
+        f"/opt/venvs/matrix-synapse/bin/register_new_matrix_user -c "
+        f"/etc/matrix-synapse/homeserver.yaml -u {user} -p pass-{user} --no-admin "
+        "http://127.0.0.1:8008"
+    )
+    login = client(
+        "POST",
+        "/_matrix/client/v3/login",
+        {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": user},
+            "password": f"pass-{user}",
+        },
+    )
     assert login["status"] == 200, login
     client.token = login["body"]["access_token"]
 
 
 def one_of_each(**extra: Any) -> dict[str, Any]:
-    return {**E2E_SETTINGS, "matrix_synapse_workers_enabled": True,
-            "matrix_synapse_workers_preset": "one-of-each", **extra}  # fmt: skip
+    return {
+        **E2E_SETTINGS,
+        "matrix_synapse_workers_enabled": True,
+        "matrix_synapse_workers_preset": "one-of-each",
+        **extra,
+    }
 
 
-def test_one_of_each_cluster_serves_and_routes(tmp_path: Path, testhost_factory: Any,
-                                               synapse_tree: Path) -> None:  # fmt: skip
+def test_one_of_each_cluster_serves_and_routes(
+    tmp_path: Path, testhost_factory: Any, synapse_tree: Path
+) -> None:
     host, inventory = boot_and_deploy(tmp_path, testhost_factory, synapse_tree, one_of_each())
     units = host.ssh("systemctl list-units --no-legend --plain 'matrix-synapse*'").stdout
     assert sum(" active " in line for line in units.splitlines()) == 16 + 2, units
     subscribers = host.ssh("redis-cli PUBSUB NUMSUB example.org").stdout.split()
     assert subscribers[-1] == "17"
-    verify = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/verify", f"--hosts={host.testinfra_spec()}",
-         f"--inventory={inventory}", "-q", "-p", "no:cacheprovider", "-o", "addopts="],
-        cwd=REPO_ROOT, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert verify.returncode == 0, verify.stdout[-4000:]
-    assert "live_synapse" not in verify.stdout and " passed" in verify.stdout
+    assert_verify_passes_with_live_checks(host, inventory)
 
     client = Client(host)
     register(host, client, "alice")
@@ -112,8 +118,11 @@ def test_one_of_each_cluster_serves_and_routes(tmp_path: Path, testhost_factory:
     assert room["upstream"] == "synapse_generic"
     room_id = room["body"]["room_id"]
     txn = uuid.uuid4().hex
-    sent = client("PUT", f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{txn}",
-                  {"msgtype": "m.text", "body": "hello"})  # fmt: skip
+    sent = client(
+        "PUT",
+        f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{txn}",
+        {"msgtype": "m.text", "body": "hello"},
+    )
     assert sent["status"] == 200, sent
     messages = client("GET", f"/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=5")
     assert messages["status"] == 200
@@ -121,14 +130,21 @@ def test_one_of_each_cluster_serves_and_routes(tmp_path: Path, testhost_factory:
     sync = client("GET", "/_matrix/client/v3/sync?timeout=0")
     assert sync["status"] == 200 and room_id in sync["body"]["rooms"]["join"]
 
-    typing = client("PUT", f"/_matrix/client/v3/rooms/{room_id}/typing/@alice:example.org",
-                    {"typing": True, "timeout": 3000})  # fmt: skip
+    typing = client(
+        "PUT",
+        f"/_matrix/client/v3/rooms/{room_id}/typing/@alice:example.org",
+        {"typing": True, "timeout": 3000},
+    )
     assert (typing["status"], typing["upstream"]) == (200, "synapse_stream_typing"), typing
-    to_device = client("PUT", f"/_matrix/client/v3/sendToDevice/m.test/{uuid.uuid4().hex}",
-                       {"messages": {}})  # fmt: skip
+    to_device = client(
+        "PUT", f"/_matrix/client/v3/sendToDevice/m.test/{uuid.uuid4().hex}", {"messages": {}}
+    )
     assert (to_device["status"], to_device["upstream"]) == (200, "synapse_stream_to_device")
-    rule = client("PUT", "/_matrix/client/v3/pushrules/global/override/my.rule",
-                  {"actions": ["dont_notify"], "conditions": []})  # fmt: skip
+    rule = client(
+        "PUT",
+        "/_matrix/client/v3/pushrules/global/override/my.rule",
+        {"actions": ["dont_notify"], "conditions": []},
+    )
     assert (rule["status"], rule["upstream"]) == (200, "synapse_stream_push_rules"), rule
     media = client("GET", "/_matrix/client/v1/media/config")
     assert (media["status"], media["upstream"]) == (200, "synapse_media"), media
@@ -137,10 +153,13 @@ def test_one_of_each_cluster_serves_and_routes(tmp_path: Path, testhost_factory:
 
     # One more generic worker: only it starts; nothing else restarts (nginx reloads).
     before = main_pids(host)
-    inventory.write_text(inventory.read_text().replace(
-        "'matrix_synapse_workers_preset': 'one-of-each'",
-        "'matrix_synapse_workers_preset': 'one-of-each', "
-        "'matrix_synapse_workers_generic_workers_count': 2"))  # fmt: skip
+    inventory.write_text(
+        inventory.read_text().replace(
+            "'matrix_synapse_workers_preset': 'one-of-each'",
+            "'matrix_synapse_workers_preset': 'one-of-each', "
+            "'matrix_synapse_workers_generic_workers_count': 2",
+        )
+    )
     run = pyinfra(tmp_path, inventory, "-y", timeout=900)
     assert run.returncode == 0, run.output[-4000:]
     after = main_pids(host)
@@ -148,12 +167,13 @@ def test_one_of_each_cluster_serves_and_routes(tmp_path: Path, testhost_factory:
     restarted = {u for u in before if before[u] != after.get(u)}
     assert restarted == set(), restarted
     assert host.ssh("redis-cli PUBSUB NUMSUB example.org").stdout.split()[-1] == "18"
-    rerun = pyinfra(tmp_path, inventory)
-    assert "No changes" in rerun.output, rerun.output[-3000:]
+    assert_rerun_changes_nothing(pyinfra(tmp_path, inventory), host)
+    assert_verify_passes_with_live_checks(host, inventory)  # 18 workers now
 
 
-def test_specialized_workers_route_by_class(tmp_path: Path, testhost_factory: Any,
-                                            synapse_tree: Path) -> None:  # fmt: skip
+def test_specialized_workers_route_by_class(
+    tmp_path: Path, testhost_factory: Any, synapse_tree: Path
+) -> None:
     settings = {**one_of_each(), "matrix_synapse_workers_preset": "specialized-workers"}
     host, _ = boot_and_deploy(tmp_path, testhost_factory, synapse_tree, settings)
     client = Client(host)

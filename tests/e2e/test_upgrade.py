@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from deploys.settings import load_defaults
+from tests.e2e.checks import assert_rerun_changes_nothing
 from tests.support.deploying import main_pids, pyinfra, write_inventory
 from tests.support.synapse_tree import (
     E2E_SETTINGS,
@@ -28,21 +29,28 @@ def server_version(host: TestHost) -> str:
 
 
 def installed_version(host: TestHost) -> str:
-    return host.ssh("/opt/venvs/matrix-synapse/bin/python -c "
-                    "'import synapse; print(synapse.__version__)'").stdout.strip()  # fmt: skip
+    return host.ssh(
+        "/opt/venvs/matrix-synapse/bin/python -c 'import synapse; print(synapse.__version__)'"
+    ).stdout.strip()
 
 
-def test_a_new_pin_upgrades_synapse_and_restarts_every_process(tmp_path: Path,
-                                                               testhost_factory: Any) -> None:  # fmt: skip
+def test_a_new_pin_upgrades_synapse_and_restarts_every_process(
+    tmp_path: Path, testhost_factory: Any
+) -> None:
     assert PREVIOUS_VERSION != CURRENT_VERSION
     (host,) = testhost_factory(1, tree=ensure_previous_synapse_tree())
-    base = {**E2E_SETTINGS, "matrix_synapse_workers_enabled": True,
-            "matrix_synapse_workers_preset": "little-federation-helper"}  # fmt: skip
+    base = {
+        **E2E_SETTINGS,
+        "matrix_synapse_workers_enabled": True,
+        "matrix_synapse_workers_preset": "little-federation-helper",
+    }
 
     def deploy(version: str, *args: str):
-        inventory = write_inventory(tmp_path / "inventory.py",
-                                    [(host, {**base, "matrix_synapse_version": version})],
-                                    standin=False)  # fmt: skip
+        inventory = write_inventory(
+            tmp_path / "inventory.py",
+            [(host, {**base, "matrix_synapse_version": version})],
+            standin=False,
+        )
         return pyinfra(tmp_path, inventory, *args, timeout=900)
 
     old = deploy(PREVIOUS_VERSION, "-y")
@@ -56,4 +64,4 @@ def test_a_new_pin_upgrades_synapse_and_restarts_every_process(tmp_path: Path,
     after = main_pids(host)
     processes = [u for u in before if u.endswith(".service")]
     assert len(processes) == 2 and all(before[u] != after[u] for u in processes)
-    assert "No changes" in deploy(CURRENT_VERSION).output
+    assert_rerun_changes_nothing(deploy(CURRENT_VERSION), host)

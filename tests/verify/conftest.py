@@ -18,13 +18,16 @@ from typing import Any
 import pytest
 
 from deploys.plan import WorkerPlan, build_plan
-from deploys.render import DesiredState, desired_state, health_ports, paths_for
+from deploys.render import DesiredState, desired_state, health_urls, paths_for
 from deploys.settings import REPO_ROOT, Settings, parse_settings
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--inventory", default=str(REPO_ROOT / "inventories" / "prod.py"),
-                     help="pyinfra inventory whose settings the host was deployed with")  # fmt: skip
+    parser.addoption(
+        "--inventory",
+        default=str(REPO_ROOT / "inventories" / "prod.py"),
+        help="pyinfra inventory whose settings the host was deployed with",
+    )
 
 
 @dataclass(frozen=True)
@@ -38,8 +41,13 @@ def _host_data(config: pytest.Config) -> tuple[str, dict[str, Any]]:
     """The host's data merged by pyinfra itself (``debug-inventory --json``)."""
     inventory = config.getoption("inventory")
     pyinfra = Path(sys.executable).with_name("pyinfra")
-    result = subprocess.run([str(pyinfra), inventory, "debug-inventory", "--json"],
-                            cwd=REPO_ROOT, capture_output=True, text=True, check=False)  # fmt: skip
+    result = subprocess.run(
+        [str(pyinfra), inventory, "debug-inventory", "--json"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if result.returncode != 0:
         raise pytest.UsageError(f"cannot read inventory {inventory}: {result.stderr.strip()}")
     hosts = json.loads(result.stdout)
@@ -72,11 +80,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("unit", units)
     if "listener" in metafunc.fixturenames:
         pairs = [(p.name, x) for p in want.plan.processes for x in p.listeners]
-        metafunc.parametrize("listener", [x for _, x in pairs],
-                             ids=[f"{n}-{x.purpose}-{x.port}" for n, x in pairs])  # fmt: skip
-    if "health_port" in metafunc.fixturenames:
-        ports = health_ports(want.plan)
-        metafunc.parametrize("health_port", list(ports.values()), ids=list(ports))
+        metafunc.parametrize(
+            "listener", [x for _, x in pairs], ids=[f"{n}-{x.purpose}-{x.port}" for n, x in pairs]
+        )
+    if "health_url" in metafunc.fixturenames:
+        urls = health_urls(want.plan)  # on an address each listener binds, as readiness probes
+        metafunc.parametrize("health_url", list(urls.values()), ids=list(urls))
     if "secret_path" in metafunc.fixturenames:
         secrets = list(paths_for(want.settings).secrets.values())
         metafunc.parametrize("secret_path", secrets)

@@ -39,18 +39,18 @@ def test_no_unplanned_worker_is_enabled(host, want: Expected) -> None:
 
 
 @pytest.mark.live_synapse
-def test_listener_is_listening(host, listener) -> None:  # noqa: ANN001
+def test_listener_is_listening(host, listener) -> None:
     address = listener.bind_addresses[0]
     assert host.socket(f"tcp://{address}:{listener.port}").is_listening
 
 
 @pytest.mark.live_synapse
-def test_health_answers_ok(host, health_port: int) -> None:  # noqa: ANN001
-    assert host.check_output(f"curl -fsS http://127.0.0.1:{health_port}/health") == "OK"
+def test_health_answers_ok(host, health_url: str) -> None:
+    assert host.check_output(f"curl -fsS {health_url}") == "OK"
 
 
 @pytest.mark.live_synapse
-def test_every_process_is_subscribed_to_redis(host, want: Expected) -> None:  # noqa: ANN001
+def test_every_process_is_subscribed_to_redis(host, want: Expected) -> None:
     redis = want.settings.redis
     target = f"-s {redis.path}" if redis.path else f"-h {redis.host} -p {redis.port}"
     out = host.check_output(f"redis-cli {target} PUBSUB NUMSUB {want.settings.domain}")
@@ -58,11 +58,13 @@ def test_every_process_is_subscribed_to_redis(host, want: Expected) -> None:  # 
 
 
 @pytest.mark.live_synapse
-def test_nginx_config_is_valid_and_routes(host, want: Expected) -> None:  # noqa: ANN001
+def test_nginx_config_is_valid_and_routes(host, want: Expected) -> None:
     if not want.settings.nginx_enabled:
         pytest.fail("matrix_synapse_nginx_enabled is false: deselect this test instead")
     assert host.run("nginx -t").rc == 0
     port = want.settings.nginx.listen_port
-    versions = host.run(f"curl -fsS -o /dev/null -w '%{{http_code}}' "
-                        f"http://127.0.0.1:{port}/_matrix/client/versions")  # fmt: skip
+    versions = host.run(
+        f"curl -fsS -o /dev/null -w '%{{http_code}}' "
+        f"http://127.0.0.1:{port}/_matrix/client/versions"
+    )
     assert versions.stdout == "200"

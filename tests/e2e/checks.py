@@ -1,0 +1,98 @@
+"""Checks shared by the real-Synapse e2e tests: a rerun that changes nothing, and tests/verify run
+against the cluster with its live checks."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections import Counter
+from itertools import pairwise
+from pathlib import Path
+
+import yaml
+
+from deploys.settings import REPO_ROOT
+from tests.support.deploying import Run
+from tests.support.testhost import TestHost
+
+# Only the apply command (archive on stdin, remote_apply.py) contains these.
+APPLY_MARKERS = ("remote_apply.py", "base64 -d")
+# tests/verify checks that need the real Synapse running, by test function.
+LIVE_CHECKS = (
+    "test_listener_is_listening",
+    "test_health_answers_ok",
+    "test_every_process_is_subscribed_to_redis",
+    "test_nginx_config_is_valid_and_routes",
+)
+
+
+def results_table(output: str) -> dict[str, tuple[str, ...]]:
+    """pyinfra's "--> Results:" table: operation (and "Grand total") -> (Hosts, Success, Error,
+    No Change), cut at the header's column positions ("-" for none)."""
+    columns = ("Hosts", "Success", "Error", "No Change")
+    assert "--> Results:" in output, output[-4000:]
+    header, *lines = output.split("--> Results:", 1)[1].splitlines()[1:]
+    starts = [header.index(column) for column in columns]
+    rows = {}
+    for line in lines:
+        if not line.strip():
+            break
+        cuts = [*starts, len(line)]
+        rows[line[: starts[0]].strip()] = tuple(line[a:b].strip() for a, b in pairwise(cuts))
+    assert "Grand total" in rows, output[-4000:]
+    return rows
+
+
+def assert_rerun_changes_nothing(run: Run, host: TestHost) -> None:
+    """Every operation "No changes" on the host, and no apply command was sent."""
+    assert run.returncode == 0, run.output[-4000:]
+    for operation, (hosts, *cells) in results_table(run.output).items():
+        assert hosts != "-" and cells == ["-", "-", hosts], (operation, run.output[-4000:])
+    assert f"[{host.name}] No changes" in run.output, run.output[-4000:]
+    assert f"[{host.name}] Success" not in run.output, run.output[-4000:]
+    lines = run.command_lines.get(host.name, [])
+    assert lines, "no command was counted: the counter is broken"
+    assert [x for x in lines if any(m in x for m in APPLY_MARKERS)] == [], lines
+
+
+def live_check_counts(host: TestHost) -> Counter[str]:
+    """How many of each live check the deployed host needs, read from its Synapse config files
+    (not from the plan tests/verify derives its checks from): one per listener, one /health per
+    process with an HTTP listener, one Redis and one nginx check."""
+    out = host.ssh(
+        "cd /etc/matrix-synapse && for f in homeserver.yaml workers/*.yaml; do "
+        "echo '--- '$f; cat $f; done"
+    ).stdout
+    counts: Counter[str] = Counter()
+    for chunk in out.split("--- ")[1:]:
+        config = yaml.safe_load(chunk.split("\n", 1)[1])
+        listeners = config.get("listeners") or config.get("worker_listeners") or []
+        counts["test_listener_is_listening"] += sum(len(x["bind_addresses"]) > 0 for x in listeners)
+        if any(x["type"] == "http" for x in listeners):
+            counts["test_health_answers_ok"] += 1
+    counts["test_every_process_is_subscribed_to_redis"] = 1
+    counts["test_nginx_config_is_valid_and_routes"] = 1
+    return counts
+
+
+def assert_verify_passes_with_live_checks(host: TestHost, inventory: Path) -> None:
+    """``pytest tests/verify`` against the host: everything passed, nothing skipped or
+    deselected, and every live check ran (as many as the host's config files call for)."""
+    verify = subprocess.run(
+        [sys.executable, "-m", "pytest", "tests/verify", f"--hosts={host.testinfra_spec()}",
+         f"--inventory={inventory}", "-rA", "-p", "no:cacheprovider", "-o", "addopts="],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=False, timeout=900,
+    )  # fmt: skip
+    tail = verify.stdout[-6000:]
+    assert verify.returncode == 0, tail
+    summary = verify.stdout.strip().splitlines()[-1]
+    outcomes = dict((word, int(n)) for n, word in re.findall(r"(\d+) (\w+)", summary))
+    assert set(outcomes) == {"passed"}, summary  # no failed, skipped, deselected, error, xfail
+    passed = Counter(
+        m[1] for m in re.finditer(r"^PASSED tests/verify/\S+::(\w+)", verify.stdout, re.M)
+    )
+    assert sum(passed.values()) == outcomes["passed"], tail
+    want = live_check_counts(host)
+    assert {check: passed[check] for check in LIVE_CHECKS} == dict(want), tail
+    assert outcomes["passed"] >= sum(want.values()) > 2
