@@ -26,13 +26,30 @@ pytestmark = pytest.mark.synapse
 
 # The tuple synapse/app/generic_worker.py asserts worker_app against.
 KNOWN_APPS = {
-    "synapse.app.appservice", "synapse.app.client_reader", "synapse.app.event_creator",
-    "synapse.app.federation_reader", "synapse.app.federation_sender",
-    "synapse.app.frontend_proxy", "synapse.app.generic_worker", "synapse.app.media_repository",
-    "synapse.app.pusher", "synapse.app.synchrotron", "synapse.app.user_dir",
-}  # fmt: skip
-STREAM_NAMES = ("events", "typing", "to_device", "account_data", "receipts", "presence",
-                "push_rules", "device_lists", "thread_subscriptions", "quarantined_media_changes")  # fmt: skip
+    "synapse.app.appservice",
+    "synapse.app.client_reader",
+    "synapse.app.event_creator",
+    "synapse.app.federation_reader",
+    "synapse.app.federation_sender",
+    "synapse.app.frontend_proxy",
+    "synapse.app.generic_worker",
+    "synapse.app.media_repository",
+    "synapse.app.pusher",
+    "synapse.app.synchrotron",
+    "synapse.app.user_dir",
+}
+STREAM_NAMES = (
+    "events",
+    "typing",
+    "to_device",
+    "account_data",
+    "receipts",
+    "presence",
+    "push_rules",
+    "device_lists",
+    "thread_subscriptions",
+    "quarantined_media_changes",
+)
 
 
 def render_to(root: Path, **overrides: Any) -> tuple[Settings, WorkerPlan]:
@@ -91,13 +108,22 @@ def load_duties(args: list[str]) -> dict[str, Any]:
         "writers": {s: list(getattr(worker.writers, s)) for s in STREAM_NAMES},
         "instance_map": {k: (v.host, v.port) for k, v in worker.instance_map.items()},
         "listeners": sorted(
-            (x.type, x.port, tuple(x.bind_addresses),
-             tuple(sorted(n for r in (x.http_options.resources if x.http_options else ())
-                          for n in r.names)))
+            (
+                x.type,
+                x.port,
+                tuple(x.bind_addresses),
+                tuple(
+                    sorted(
+                        n
+                        for r in (x.http_options.resources if x.http_options else ())
+                        for n in r.names
+                    )
+                ),
+            )
             for x in listeners
         ),
         "cp_max": config.database.databases[0].config["args"]["cp_max"],
-    }  # fmt: skip
+    }
 
 
 def expected_duties(plan: WorkerPlan, process: Process) -> dict[str, Any]:
@@ -139,8 +165,9 @@ def check_plan_in_synapse(tmp_path: Path, **overrides: Any) -> int:
             assert duties["worker_app"] in KNOWN_APPS
             assert duties["cp_max"] == settings.database.workers_cp_max
             # Synapse's instance_map (main is renamed "master") matches the plan everywhere.
-            planned_map = {("master" if k == MAIN else k): v
-                           for k, v in plan.shared.instance_map.items()}  # fmt: skip
+            planned_map = {
+                ("master" if k == MAIN else k): v for k, v in plan.shared.instance_map.items()
+            }
             assert duties["instance_map"] == planned_map
         else:
             assert duties["worker_app"] is None
@@ -148,11 +175,15 @@ def check_plan_in_synapse(tmp_path: Path, **overrides: Any) -> int:
     return len(results)
 
 
-@pytest.mark.parametrize("preset", ["little-federation-helper", "one-of-each", "specialized-workers"])
+@pytest.mark.parametrize(
+    "preset", ["little-federation-helper", "one-of-each", "specialized-workers"]
+)
 def test_each_preset_loads_with_the_planned_duties(tmp_path: Path, preset: str) -> None:
     loaded = check_plan_in_synapse(tmp_path, matrix_synapse_workers_preset=preset)
-    assert loaded == 1 + {"little-federation-helper": 1, "one-of-each": 16,
-                          "specialized-workers": 19}[preset]  # fmt: skip
+    assert (
+        loaded
+        == 1 + {"little-federation-helper": 1, "one-of-each": 16, "specialized-workers": 19}[preset]
+    )
 
 
 def test_130_generic_workers_plus_one_of_each(tmp_path: Path) -> None:
@@ -195,14 +226,20 @@ def test_monolith_loads(tmp_path: Path) -> None:
 
 
 def test_synapse_config_cli_accepts_one_worker_of_each_type(tmp_path: Path) -> None:
-    """The CLI check an operator (and issue 6's pre-restart check) runs: rc 0, "Config parses OK!"."""
-    settings, plan = render_to(tmp_path, matrix_synapse_workers_enabled=True,
-                               matrix_synapse_workers_preset="specialized-workers")  # fmt: skip
+    """The CLI check an operator (and the pre-restart check) runs: rc 0, "Config parses OK!"."""
+    settings, plan = render_to(
+        tmp_path,
+        matrix_synapse_workers_enabled=True,
+        matrix_synapse_workers_preset="specialized-workers",
+    )
     one_per_type = {w.worker_type.key: w for w in plan.workers if w.worker_type}
     for process in [plan.main, *one_per_type.values()]:
-        result = subprocess.run([sys.executable, "-m", "synapse.config",
-                                 *config_args(settings, process)],
-                                capture_output=True, text=True, check=False)  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, "-m", "synapse.config", *config_args(settings, process)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert result.returncode == 0, (process.name, result.stderr)
         assert "Config parses OK!" in result.stdout
 
