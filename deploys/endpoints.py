@@ -170,8 +170,13 @@ FEDERATION_INBOUND: Final = (r"^/_matrix/federation/v1/send/",)
 FEDERATION_READER: Final = (*ROOM_FEDERATION, *FEDERATION, *FEDERATION_INBOUND)
 
 # Everything a generic worker serves apart from stream-writer endpoints.
-GENERIC_WORKER_CLIENT: Final = (*SYNC, *ROOM_MESSAGES, *ROOM_CLIENT, *CLIENT_READER,
-                                *USER_DIRECTORY)  # fmt: skip
+GENERIC_WORKER_CLIENT: Final = (
+    *SYNC,
+    *ROOM_MESSAGES,
+    *ROOM_CLIENT,
+    *CLIENT_READER,
+    *USER_DIRECTORY,
+)
 GENERIC_WORKER_FEDERATION: Final = FEDERATION_READER
 
 # "GET only" on any worker; other methods go to main. (The stream writers' GET-only rules are

@@ -14,9 +14,16 @@ from deploys.settings import Settings
 # Debian packages: a venv and what psycopg2 (matrix-synapse[postgres]) compiles against, Redis,
 # nginx for worker routing, curl for health checks.
 BASE_PACKAGES: Final = (
-    "python3", "python3-venv", "python3-dev", "gcc", "libpq-dev", "ca-certificates",
-    "redis-server", "nginx-light", "curl",
-)  # fmt: skip
+    "python3",
+    "python3-venv",
+    "python3-dev",
+    "gcc",
+    "libpq-dev",
+    "ca-certificates",
+    "redis-server",
+    "nginx-light",
+    "curl",
+)
 POSTGRESQL_PACKAGES: Final = ("postgresql",)
 
 
@@ -44,7 +51,8 @@ def install_script(settings: Settings) -> str:
 export DEBIAN_FRONTEND=noninteractive
 missing=""
 for p in {wanted}; do
-  dpkg-query -W -f='${{Status}}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
+  dpkg-query -W -f='${{Status}}' "$p" 2>/dev/null | grep -q 'install ok installed' \
+    || missing="$missing $p"
 done
 if [ -n "$missing" ]; then
   apt-get update -q >/dev/null

@@ -98,9 +98,12 @@ class SharedWorkerConfig:
         for writers in self.stream_writers.values():
             names.update(writers)
         names.update(self.federation_sender_instances, self.pusher_instances)
-        singles = (self.run_background_tasks_on, self.notify_appservices_from_worker,
-                   self.update_user_directory_from_worker,
-                   self.media_instance_running_background_jobs)  # fmt: skip
+        singles = (
+            self.run_background_tasks_on,
+            self.notify_appservices_from_worker,
+            self.update_user_directory_from_worker,
+            self.media_instance_running_background_jobs,
+        )
         names.update(n for n in singles if n)
         return names
 
@@ -148,17 +151,38 @@ def build_plan(settings: Settings, machine: str) -> WorkerPlan:
 
 
 def _main_process(settings: Settings, machine: str) -> Process:
-    listeners = [Listener("http", settings.http_port, settings.bind_addresses,
-                          ("client", "federation"), settings.x_forwarded,
-                          "matrix_synapse_http_port")]  # fmt: skip
+    listeners = [
+        Listener(
+            "http",
+            settings.http_port,
+            settings.bind_addresses,
+            ("client", "federation"),
+            settings.x_forwarded,
+            "matrix_synapse_http_port",
+        )
+    ]
     if settings.workers.enabled:
-        listeners.append(Listener("replication", settings.replication_port,
-                                  settings.replication_bind_addresses, ("replication",), False,
-                                  "matrix_synapse_replication_http_port"))  # fmt: skip
+        listeners.append(
+            Listener(
+                "replication",
+                settings.replication_port,
+                settings.replication_bind_addresses,
+                ("replication",),
+                False,
+                "matrix_synapse_replication_http_port",
+            )
+        )
     if settings.metrics_enabled:
-        listeners.append(Listener("metrics", settings.metrics_port,
-                                  settings.metrics_bind_addresses, (), False,
-                                  "matrix_synapse_metrics_port"))  # fmt: skip
+        listeners.append(
+            Listener(
+                "metrics",
+                settings.metrics_port,
+                settings.metrics_bind_addresses,
+                (),
+                False,
+                "matrix_synapse_metrics_port",
+            )
+        )
     return Process(MAIN, None, machine, tuple(listeners))
 
 
@@ -195,9 +219,12 @@ def _specs_from_counts(settings: Settings) -> Iterator[_Spec]:
         if t.key == "federation_sender":  # matrix-docker-ansible-deploy's order
             yield from _stream_writer_specs(w.stream_counts, port)
         for index in range(w.counts[t.key]):
-            yield _Spec(f"{t.name_prefix}-{index}", t, None,
-                        {"http": port(t.http_port_key, index),
-                         "metrics": port(t.metrics_port_key, index)})  # fmt: skip
+            yield _Spec(
+                f"{t.name_prefix}-{index}",
+                t,
+                None,
+                {"http": port(t.http_port_key, index), "metrics": port(t.metrics_port_key, index)},
+            )
 
 
 def _stream_writer_specs(stream_counts: Mapping[str, int], port) -> Iterator[_Spec]:
@@ -206,12 +233,17 @@ def _stream_writer_specs(stream_counts: Mapping[str, int], port) -> Iterator[_Sp
     for stream in STREAMS:
         for _ in range(stream_counts[stream.name]):
             yield _Spec(
-                f"stream-writer-{index}-{stream.name.replace('_', '-')}", STREAM_WRITER, stream,
-                {"http": port(STREAM_WRITER_PORT_KEYS["http"], index) if stream.webserving
-                 else (None, ""),
-                 "replication": port(STREAM_WRITER_PORT_KEYS["replication"], index),
-                 "metrics": port(STREAM_WRITER_PORT_KEYS["metrics"], index)},
-            )  # fmt: skip
+                f"stream-writer-{index}-{stream.name.replace('_', '-')}",
+                STREAM_WRITER,
+                stream,
+                {
+                    "http": port(STREAM_WRITER_PORT_KEYS["http"], index)
+                    if stream.webserving
+                    else (None, ""),
+                    "replication": port(STREAM_WRITER_PORT_KEYS["replication"], index),
+                    "metrics": port(STREAM_WRITER_PORT_KEYS["metrics"], index),
+                },
+            )
             index += 1
 
 
@@ -220,10 +252,16 @@ def _specs_from_list(entries: tuple[WorkerEntry, ...]) -> Iterator[_Spec]:
     for index, e in enumerate(entries):
         t = WORKER_TYPES_BY_KEY[e.type_key]
         source = f"{key}[{index}]"
-        yield _Spec(e.name, t, STREAMS_BY_NAME[e.stream] if e.stream else None,
-                    {"http": (e.http_port, f"{source}.port"),
-                     "replication": (e.replication_port, f"{source}.replication_port"),
-                     "metrics": (e.metrics_port, f"{source}.metrics_port")})  # fmt: skip
+        yield _Spec(
+            e.name,
+            t,
+            STREAMS_BY_NAME[e.stream] if e.stream else None,
+            {
+                "http": (e.http_port, f"{source}.port"),
+                "replication": (e.replication_port, f"{source}.replication_port"),
+                "metrics": (e.metrics_port, f"{source}.metrics_port"),
+            },
+        )
 
 
 def _process(settings: Settings, machine: str, spec: _Spec, problems: list[str]) -> Process:
@@ -245,19 +283,26 @@ def _process(settings: Settings, machine: str, spec: _Spec, problems: list[str])
         if not needed:
             continue
         if port is None:
-            problems.append(problem(source or spec.name, port,
-                                    f"worker {spec.name} needs a {purpose} port; allowed: "
-                                    f"an integer from {LOWEST_PORT} to 65535"))  # fmt: skip
+            problems.append(
+                problem(
+                    source or spec.name,
+                    port,
+                    f"worker {spec.name} needs a {purpose} port; allowed: "
+                    f"an integer from {LOWEST_PORT} to 65535",
+                )
+            )
             continue
         listeners.append(_listener(settings, purpose, port, resources, source))
     return Process(spec.name, t, machine, tuple(listeners), stream, media)
 
 
-def _listener(settings: Settings, purpose: str, port: int, resources: tuple[str, ...],
-              source: str) -> Listener:  # fmt: skip
+def _listener(
+    settings: Settings, purpose: str, port: int, resources: tuple[str, ...], source: str
+) -> Listener:
     if purpose == "replication":
-        return Listener(purpose, port, settings.replication_bind_addresses, ("replication",),
-                        False, source)  # fmt: skip
+        return Listener(
+            purpose, port, settings.replication_bind_addresses, ("replication",), False, source
+        )
     if purpose == "metrics":
         return Listener(purpose, port, settings.metrics_bind_addresses, (), False, source)
     return Listener(purpose, port, settings.bind_addresses, resources, settings.x_forwarded, source)
@@ -269,18 +314,28 @@ def _check_ports(processes: tuple[Process, ...]) -> None:
     for process in processes:
         for listener in process.listeners:
             if not LOWEST_PORT <= listener.port <= 65535:
-                problems.append(problem(listener.source, listener.port,
-                                        f"{process.name} would get {listener.purpose} port "
-                                        f"{listener.port}; allowed: {LOWEST_PORT} to 65535"))  # fmt: skip
+                problems.append(
+                    problem(
+                        listener.source,
+                        listener.port,
+                        f"{process.name} would get {listener.purpose} port "
+                        f"{listener.port}; allowed: {LOWEST_PORT} to 65535",
+                    )
+                )
                 continue
             slot = (process.machine, listener.port)
             if slot in owners:
                 other, other_listener = owners[slot]
-                problems.append(problem(
-                    listener.source, listener.port,
-                    f"{process.name} ({listener.purpose}) would listen on port {listener.port}, "
-                    f"already taken by {other.name} ({other_listener.purpose}, from "
-                    f"{other_listener.source}); allowed: a port no other listener uses"))  # fmt: skip
+                problems.append(
+                    problem(
+                        listener.source,
+                        listener.port,
+                        f"{process.name} ({listener.purpose}) would listen on port "
+                        f"{listener.port}, "
+                        f"already taken by {other.name} ({other_listener.purpose}, from "
+                        f"{other_listener.source}); allowed: a port no other listener uses",
+                    )
+                )
                 continue
             owners[slot] = (process, listener)
     if len(problems) > MAX_PORT_PROBLEMS:  # one bad range start can collide a thousand times
@@ -298,8 +353,9 @@ def connect_address(bind_addresses: tuple[str, ...]) -> str:
     return str(address)
 
 
-def _shared_config(settings: Settings, main: Process,
-                   workers: tuple[Process, ...]) -> SharedWorkerConfig:  # fmt: skip
+def _shared_config(
+    settings: Settings, main: Process, workers: tuple[Process, ...]
+) -> SharedWorkerConfig:
     def names(role: SharedRole) -> tuple[str, ...]:
         return tuple(w.name for w in workers if w.worker_type and w.worker_type.shared_role is role)
 
@@ -310,8 +366,10 @@ def _shared_config(settings: Settings, main: Process,
     for process in (main, *workers):
         replication = process.listener("replication")
         if replication is not None:
-            instance_map[process.name] = (connect_address(replication.bind_addresses),
-                                          replication.port)  # fmt: skip
+            instance_map[process.name] = (
+                connect_address(replication.bind_addresses),
+                replication.port,
+            )
     stream_writers = {
         s.name: tuple(w.name for w in workers if w.stream is s)
         for s in STREAMS

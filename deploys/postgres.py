@@ -40,16 +40,20 @@ def setup_sql(settings: Settings, plan: WorkerPlan) -> str:
     db = settings.database
     role, name = quote_ident(db.user), quote_ident(db.name)
     password = quote_literal(db.password or "")
-    return "\n".join([
-        "SET password_encryption = 'scram-sha-256';",
-        f"SELECT 'CREATE ROLE {role} LOGIN' WHERE NOT EXISTS "
-        f"(SELECT FROM pg_roles WHERE rolname = {quote_literal(db.user)})\\gexec",
-        f"ALTER ROLE {role} WITH LOGIN PASSWORD {password};",
-        f"SELECT 'CREATE DATABASE {name} OWNER {role} {DATABASE_OPTIONS.replace(chr(39), chr(39) * 2)}'"
-        f" WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = {quote_literal(db.name)})\\gexec",
-        f"ALTER SYSTEM SET max_connections = {max_connections(settings, plan)};",
-        "",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            "SET password_encryption = 'scram-sha-256';",
+            f"SELECT 'CREATE ROLE {role} LOGIN' WHERE NOT EXISTS "
+            f"(SELECT FROM pg_roles WHERE rolname = {quote_literal(db.user)})\\gexec",
+            f"ALTER ROLE {role} WITH LOGIN PASSWORD {password};",
+            f"SELECT 'CREATE DATABASE {name} OWNER {role} "
+            f"{DATABASE_OPTIONS.replace(chr(39), chr(39) * 2)}'"
+            " WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = "
+            f"{quote_literal(db.name)})\\gexec",
+            f"ALTER SYSTEM SET max_connections = {max_connections(settings, plan)};",
+            "",
+        ]
+    )
 
 
 def scram_matches(verifier: str | None, password: str) -> bool:
@@ -57,15 +61,19 @@ def scram_matches(verifier: str | None, password: str) -> bool:
     if not verifier or not verifier.startswith("SCRAM-SHA-256$"):
         return False
     try:
-        iterations_salt, keys = verifier[len("SCRAM-SHA-256$"):].split("$")
+        iterations_salt, keys = verifier[len("SCRAM-SHA-256$") :].split("$")
         iterations, salt = iterations_salt.split(":")
         stored_key, server_key = keys.split(":")
-        salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(salt),
-                                     int(iterations))  # fmt: skip
+        salted = hashlib.pbkdf2_hmac(
+            "sha256", password.encode(), base64.b64decode(salt), int(iterations)
+        )
     except ValueError:
         return False
     client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
     expected_stored = base64.b64encode(hashlib.sha256(client_key).digest()).decode()
-    expected_server = base64.b64encode(hmac.new(salted, b"Server Key", hashlib.sha256).digest()).decode()
+    expected_server = base64.b64encode(
+        hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    ).decode()
     return hmac.compare_digest(expected_stored, stored_key) and hmac.compare_digest(
-        expected_server, server_key)
+        expected_server, server_key
+    )

@@ -130,8 +130,9 @@ def apply(manifest: dict[str, Any], stage: Path) -> dict[str, Any]:
     change_files(manifest, stage, work)
     stale_changes = [change for _, change in work.stale]
     changes = merge_changes(work.owed + work.written + stale_changes)
-    units = unit_states(manifest["systemd_dir"], manifest["planned_workers"],
-                        manifest.get("extra_units", []))  # fmt: skip
+    units = unit_states(
+        manifest["systemd_dir"], manifest["planned_workers"], manifest.get("extra_units", [])
+    )
     actions = services.plan_service_actions(changes, manifest["planned_workers"], units)
     run_actions(actions, manifest["systemd_dir"])
     wait_until_ready(readiness_units(actions), manifest.get("readiness") or {})
@@ -173,22 +174,29 @@ def read_host(manifest: dict[str, Any], stage: Path) -> Work:
     unplanned = [path for path, _ in stale if path not in set(manifest["read_stale"])]
     if moved or unplanned:
         what = [f"{p} changed on the host since this run read it" for p in moved]
-        what += [f"{p} appeared on the host since this run read it, and this run would remove it"
-                 for p in unplanned]  # fmt: skip
-        raise ApplyError(_listing(what) + " (another deploy ran meanwhile?); nothing was "
-                         "changed; run the deploy again")  # fmt: skip
+        what += [
+            f"{p} appeared on the host since this run read it, and this run would remove it"
+            for p in unplanned
+        ]
+        raise ApplyError(
+            _listing(what) + " (another deploy ran meanwhile?); nothing was "
+            "changed; run the deploy again"
+        )
     return Work(owed, journal_bytes, writes, unchanged, stale)
 
 
 def staged_content(entry: dict[str, Any], stage: Path) -> bytes:
     path = entry["path"]
     if entry.get("payload") is None:  # the controller saw it as up to date: its bug, not the host's
-        raise ApplyError(f"the archive holds no new copy of {path}, which differs from the plan "
-                         "on the host; nothing was changed; run the deploy again")  # fmt: skip
+        raise ApplyError(
+            f"the archive holds no new copy of {path}, which differs from the plan "
+            "on the host; nothing was changed; run the deploy again"
+        )
     content = (stage / entry["payload"]).read_bytes()
     if hashlib.sha256(content).hexdigest() != entry["sha256"]:
-        raise ApplyError(f"staged copy of {path} is corrupt; nothing was changed; run the deploy "
-                         "again")  # fmt: skip
+        raise ApplyError(
+            f"staged copy of {path} is corrupt; nothing was changed; run the deploy again"
+        )
     return content
 
 
@@ -200,8 +208,9 @@ def _listing(items: list[str]) -> str:
 # --- The journal (pending changes) ---------------------------------------------------------
 
 
-JOURNAL_FORMAT = ('a JSON list of {"path": str, "restarts": [str], "unit_file": bool, '
-                  '"reloads": [str]} objects')  # fmt: skip
+JOURNAL_FORMAT = (
+    'a JSON list of {"path": str, "restarts": [str], "unit_file": bool, "reloads": [str]} objects'
+)
 
 
 def load_pending(journal: Path) -> tuple[list[services.Change], bytes | None]:
@@ -231,10 +240,19 @@ def load_pending(journal: Path) -> tuple[list[services.Change], bytes | None]:
 def _journal_change(item: Any) -> services.Change:
     if not isinstance(item, dict):
         raise TypeError(f"entry {item!r} is not an object")
-    path, restarts, unit_file, reloads = (item["path"], item["restarts"], item["unit_file"],
-                                          item["reloads"])  # fmt: skip
-    if not (isinstance(path, str) and path.startswith("/") and isinstance(unit_file, bool)
-            and _strings(restarts) and _strings(reloads)):  # fmt: skip
+    path, restarts, unit_file, reloads = (
+        item["path"],
+        item["restarts"],
+        item["unit_file"],
+        item["reloads"],
+    )
+    if not (
+        isinstance(path, str)
+        and path.startswith("/")
+        and isinstance(unit_file, bool)
+        and _strings(restarts)
+        and _strings(reloads)
+    ):
         raise ValueError(f"entry {item!r} has a wrong type")
     return services.Change(path, frozenset(restarts), unit_file, frozenset(reloads))
 
@@ -248,15 +266,29 @@ def merge_changes(changes: list[services.Change]) -> list[services.Change]:
     merged: dict[str, services.Change] = {}
     for c in changes:
         old = merged.get(c.path)
-        merged[c.path] = c if old is None else services.Change(
-            c.path, old.restarts | c.restarts, old.unit_file or c.unit_file,
-            old.reloads | c.reloads)  # fmt: skip
+        merged[c.path] = (
+            c
+            if old is None
+            else services.Change(
+                c.path,
+                old.restarts | c.restarts,
+                old.unit_file or c.unit_file,
+                old.reloads | c.reloads,
+            )
+        )
     return list(merged.values())
 
 
 def save_pending(journal: Path, changes: list[services.Change]) -> None:
-    items = [{"path": c.path, "restarts": sorted(c.restarts), "unit_file": c.unit_file,
-              "reloads": sorted(c.reloads)} for c in merge_changes(changes)]  # fmt: skip
+    items = [
+        {
+            "path": c.path,
+            "restarts": sorted(c.restarts),
+            "unit_file": c.unit_file,
+            "reloads": sorted(c.reloads),
+        }
+        for c in merge_changes(changes)
+    ]
     journal.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(str(journal), json.dumps(items).encode(), 0o600, 0, 0)
 
@@ -292,8 +324,20 @@ def ensure_account(user: str, group: str, home: str) -> None:
     try:
         pwd.getpwnam(user)
     except KeyError:
-        run(["useradd", "--system", "--gid", group, "--home-dir", home, "--no-create-home",
-             "--shell", "/usr/sbin/nologin", user])  # fmt: skip
+        run(
+            [
+                "useradd",
+                "--system",
+                "--gid",
+                group,
+                "--home-dir",
+                home,
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                user,
+            ]
+        )
 
 
 def ids(owner: str, group: str) -> tuple[int, int]:
@@ -344,8 +388,9 @@ def change_files(manifest: dict[str, Any], stage: Path, work: Work) -> None:
             save_pending(journal, work.owed + planned)
         except OSError as error:  # write_atomically left the old journal in place
             reason = error.strerror or error
-            raise ApplyError(f"cannot write the pending-changes journal {journal}: {reason}; "
-                             "nothing was changed") from None  # fmt: skip
+            raise ApplyError(
+                f"cannot write the pending-changes journal {journal}: {reason}; nothing was changed"
+            ) from None
     for entry, content in work.writes:
         try:
             install_file(entry, content, work.backups)
@@ -363,11 +408,16 @@ def change_files(manifest: dict[str, Any], stage: Path, work: Work) -> None:
     if refused is not None:
         problems = roll_back(work.backups)
         restore_journal(journal, work.journal_bytes)
-        owed = (f"; the changes an earlier, interrupted run made are still pending ({journal})"
-                if work.owed else "")  # fmt: skip
+        owed = (
+            f"; the changes an earlier, interrupted run made are still pending ({journal})"
+            if work.owed
+            else ""
+        )
         note = _rollback_note(problems)
-        raise ApplyError(f"{refused[0]} was refused; the previous files were put back and no "
-                         f"process was touched{note}{owed}:\n{refused[1]}")  # fmt: skip
+        raise ApplyError(
+            f"{refused[0]} was refused; the previous files were put back and no "
+            f"process was touched{note}{owed}:\n{refused[1]}"
+        )
 
     for backup in work.backups.values():  # committed: the old copies go
         if backup is not None:
@@ -381,8 +431,12 @@ def change_files(manifest: dict[str, Any], stage: Path, work: Work) -> None:
 
 
 def change_for(entry: dict[str, Any]) -> services.Change:
-    return services.Change(entry["path"], frozenset(entry["restarts"]), entry["unit_file"],
-                           frozenset(entry.get("reloads", ())))  # fmt: skip
+    return services.Change(
+        entry["path"],
+        frozenset(entry["restarts"]),
+        entry["unit_file"],
+        frozenset(entry.get("reloads", ())),
+    )
 
 
 def file_state(path: str) -> tuple[str, int, int, int] | None:
@@ -393,8 +447,9 @@ def file_state(path: str) -> tuple[str, int, int, int] | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as error:  # e.g. a directory where the file belongs
-        raise ApplyError(f"cannot read {path}: {error.strerror or error}; nothing was "
-                         "changed") from None  # fmt: skip
+        raise ApplyError(
+            f"cannot read {path}: {error.strerror or error}; nothing was changed"
+        ) from None
     return digest, st.st_mode & 0o7777, st.st_uid, st.st_gid
 
 
@@ -447,8 +502,9 @@ def _sibling(path: str, suffix: str) -> str:
     return os.path.join(directory, f".{name}{suffix}")
 
 
-def checks_for(manifest: dict[str, Any], changes: list[services.Change],
-               stage: Path) -> dict[str, str]:  # fmt: skip
+def checks_for(
+    manifest: dict[str, Any], changes: list[services.Change], stage: Path
+) -> dict[str, str]:
     """Check command -> what it checks, for every changed file still in the plan (this run's and
     the journal's alike: a replayed change is checked exactly like a new one)."""
     entries = {e["path"]: e for e in manifest["files"]}
@@ -464,8 +520,9 @@ def checks_for(manifest: dict[str, Any], changes: list[services.Change],
     return checks
 
 
-def synapse_check_command(check: dict[str, Any] | None, changes: list[services.Change],
-                          stage: Path) -> str | None:  # fmt: skip
+def synapse_check_command(
+    check: dict[str, Any] | None, changes: list[services.Change], stage: Path
+) -> str | None:
     """The one command checking every Synapse config among ``changes``, or None."""
     configs = [c for c in changes if not c.unit_file and c.restarts and not c.reloads]
     if not check or not configs:
@@ -476,9 +533,17 @@ def synapse_check_command(check: dict[str, Any] | None, changes: list[services.C
         names = sorted({n for c in configs for n in c.restarts})
     import shlex
 
-    return " ".join(shlex.quote(a) for a in [check["python"], str(stage / "synapse_check.py"),
-                                             check["homeserver"], check["conf_d"],
-                                             check["workers_dir"], *names])  # fmt: skip
+    return " ".join(
+        shlex.quote(a)
+        for a in [
+            check["python"],
+            str(stage / "synapse_check.py"),
+            check["homeserver"],
+            check["conf_d"],
+            check["workers_dir"],
+            *names,
+        ]
+    )
 
 
 def run_checks(checks: dict[str, str]) -> tuple[str, str] | None:
@@ -522,10 +587,13 @@ def stale_files(manifest: dict[str, Any]) -> list[tuple[str, services.Change]]:
     """Owned files (by our naming) that the plan no longer has, with what removing them means."""
     wanted = {entry["path"] for entry in manifest["files"]}
     found = {path for pattern in manifest["owned_globs"] for path in glob.glob(pattern)}
-    return [(path, services.stale_change(path, manifest["systemd_dir"]))
-            for path in sorted(found)
-            if path not in wanted and os.path.isfile(path)
-            and services.is_owned(path, manifest["owned_globs"])]  # fmt: skip
+    return [
+        (path, services.stale_change(path, manifest["systemd_dir"]))
+        for path in sorted(found)
+        if path not in wanted
+        and os.path.isfile(path)
+        and services.is_owned(path, manifest["owned_globs"])
+    ]
 
 
 def remove_owned_file(path: str, systemd_dir: str) -> None:
@@ -551,8 +619,11 @@ def left_alone(manifest: dict[str, Any]) -> list[str]:
     for directory in manifest.get("watched_dirs", []):
         for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
             path = os.path.join(directory, name)
-            if (os.path.isfile(path) and path not in wanted
-                    and not services.is_owned(path, manifest["owned_globs"])):  # fmt: skip
+            if (
+                os.path.isfile(path)
+                and path not in wanted
+                and not services.is_owned(path, manifest["owned_globs"])
+            ):
                 found.append(path)
     return found
 
@@ -560,8 +631,9 @@ def left_alone(manifest: dict[str, Any]) -> list[str]:
 # --- Step 8: systemd ---------------------------------------------------------------------------
 
 
-def unit_states(systemd_dir: str, planned: list[str],
-                extra: list[str]) -> dict[str, services.UnitState]:  # fmt: skip
+def unit_states(
+    systemd_dir: str, planned: list[str], extra: list[str]
+) -> dict[str, services.UnitState]:
     """State of every matrix-synapse* unit loaded or enabled, of every planned one, and of
     ``extra`` units (those reloaded on a config change)."""
     enabled = {os.path.basename(p) for p in glob.glob(f"{systemd_dir}/*.wants/matrix-synapse*")}
@@ -569,15 +641,18 @@ def unit_states(systemd_dir: str, planned: list[str],
     names = enabled | set(listed) | {services.MAIN_UNIT, services.TARGET_UNIT} | set(extra)
     names |= {services.worker_unit(n) for n in planned}
     # A unit list-units does not show is not loaded: UnitState's defaults say so.
-    return {unit: services.UnitState(*listed.get(unit, ("not-found", "inactive")), unit in enabled)
-            for unit in names}  # fmt: skip
+    return {
+        unit: services.UnitState(*listed.get(unit, ("not-found", "inactive")), unit in enabled)
+        for unit in names
+    }
 
 
 def list_units(patterns: list[str]) -> dict[str, tuple[str, str]]:
     """(load, active) state by unit, in one cheap call (``systemctl show`` costs seconds at 1,000
     units: it asks systemd one unit at a time). ``patterns`` must not be empty (that lists all)."""
-    out = run(["systemctl", "list-units", "--all", "--plain", "--no-legend", "--full",
-               *patterns]).stdout  # fmt: skip
+    out = run(
+        ["systemctl", "list-units", "--all", "--plain", "--no-legend", "--full", *patterns]
+    ).stdout
     states = {}
     for line in out.splitlines():
         parts = line.split()
@@ -606,8 +681,9 @@ def run_actions(actions: services.ServiceActions, systemd_dir: str) -> None:
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             units = [u for u in command[2:] if u.endswith((".service", ".target"))]
-            raise ApplyError(f"{' '.join(command[:2])} failed: {result.stderr.strip()}\n"
-                             + failure_report(units))  # fmt: skip
+            raise ApplyError(
+                f"{' '.join(command[:2])} failed: {result.stderr.strip()}\n" + failure_report(units)
+            )
 
 
 # --- Step 9: readiness -----------------------------------------------------------------------
@@ -647,9 +723,12 @@ def wait_until_ready(units: list[str], readiness: dict[str, Any]) -> None:
         if time.monotonic() >= deadline:
             problems = [f"{unit}: {problem}" for unit, problem in sorted(waiting.items())]
             problems += [redis_problem] if redis_problem else []
-            raise ApplyError(f"not ready after {timeout} s (matrix_synapse_readiness_timeout): "
-                             + "; ".join(problems) + "\n"
-                             + failure_report(sorted(waiting), every=True))  # fmt: skip
+            raise ApplyError(
+                f"not ready after {timeout} s (matrix_synapse_readiness_timeout): "
+                + "; ".join(problems)
+                + "\n"
+                + failure_report(sorted(waiting), every=True)
+            )
         time.sleep(1)
 
 
@@ -657,8 +736,9 @@ def is_synapse(unit: str) -> bool:
     return unit == services.MAIN_UNIT or services.worker_name(unit) is not None
 
 
-def unit_not_ready(unit: str, state: tuple[str, str] | None,
-                   readiness: dict[str, Any]) -> str | None:  # fmt: skip
+def unit_not_ready(
+    unit: str, state: tuple[str, str] | None, readiness: dict[str, Any]
+) -> str | None:
     """Why ``unit`` is not ready yet, or None. ``state`` is its (load, active) state. Every unit
     must be active; a Synapse process must also answer /health on an address its listener binds
     (``readiness["health"]``); another unit with a listen address (nginx) must accept a TCP
@@ -714,8 +794,10 @@ def redis_not_ready(redis: dict[str, Any]) -> str | None:
     except (OSError, ValueError) as error:
         return f"cannot reach Redis at {redis_where(redis)}: {error}"
     if count < redis["subscribers"]:
-        return (f"Redis at {redis_where(redis)}: {count} of {redis['subscribers']} processes "
-                f"subscribed to {redis['channel']!r}")  # fmt: skip
+        return (
+            f"Redis at {redis_where(redis)}: {count} of {redis['subscribers']} processes "
+            f"subscribed to {redis['channel']!r}"
+        )
     return None
 
 
@@ -762,8 +844,7 @@ def failure_report(units: list[str], every: bool = False) -> str:
         return ""
     lines = []
     try:
-        states = parse_show(run(["systemctl", "show", "--property=Id,ActiveState",
-                                 *units]).stdout)  # fmt: skip
+        states = parse_show(run(["systemctl", "show", "--property=Id,ActiveState", *units]).stdout)
     except (ApplyError, OSError) as error:
         lines.append(f"--- the state of {', '.join(units)} could not be read: {error}")
         states = {}

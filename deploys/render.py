@@ -183,12 +183,23 @@ def desired_state(settings: Settings, plan: WorkerPlan) -> DesiredState:
         Files by path, the directories they live in, and the globs of files we own.
     """
     paths = paths_for(settings)
-    context = {"settings": settings, "plan": plan, "paths": paths, "shared": plan.shared,
-               "pgpass": paths.pgpass if settings.database.password else None}  # fmt: skip
+    context = {
+        "settings": settings,
+        "plan": plan,
+        "paths": paths,
+        "shared": plan.shared,
+        "pgpass": paths.pgpass if settings.database.password else None,
+    }
     files: dict[str, DesiredFile] = {}
 
-    def add(path: str, content: str, mode: int = 0o640, owner: str = "root",
-            group: str = settings.group, **kwargs: Any) -> None:  # fmt: skip
+    def add(
+        path: str,
+        content: str,
+        mode: int = 0o640,
+        owner: str = "root",
+        group: str = settings.group,
+        **kwargs: Any,
+    ) -> None:
         files[path] = DesiredFile(path, content.encode(), mode, owner, group, **kwargs)
 
     everyone = frozenset({EVERY_PROCESS})
@@ -227,9 +238,12 @@ def desired_state(settings: Settings, plan: WorkerPlan) -> DesiredState:
         )
     synapse_check = None
     if settings.config_check:
-        synapse_check = {"python": posixpath.join(settings.venv_path, "bin", "python"),
-                         "homeserver": paths.homeserver, "conf_d": paths.conf_d,
-                         "workers_dir": paths.workers_dir}  # fmt: skip
+        synapse_check = {
+            "python": posixpath.join(settings.venv_path, "bin", "python"),
+            "homeserver": paths.homeserver,
+            "conf_d": paths.conf_d,
+            "workers_dir": paths.workers_dir,
+        }
     return DesiredState(
         files,
         _directories(settings, paths),
@@ -250,9 +264,10 @@ def health_ports(plan: WorkerPlan) -> dict[str, int]:
 def health_urls(plan: WorkerPlan) -> dict[str, str]:
     """unit -> ``http://ADDRESS:PORT/health`` on an address the listener binds (``0.0.0.0`` ->
     127.0.0.1, ``::`` -> ::1; an IPv6 literal in brackets)."""
-    return {unit: f"http://{_url_host(connect_address(listener.bind_addresses))}:{listener.port}"
-                  "/health"
-            for unit, listener in _health_listeners(plan).items()}  # fmt: skip
+    return {
+        unit: f"http://{_url_host(connect_address(listener.bind_addresses))}:{listener.port}/health"
+        for unit, listener in _health_listeners(plan).items()
+    }
 
 
 def _health_listeners(plan: WorkerPlan) -> dict[str, Listener]:
@@ -280,9 +295,14 @@ def _readiness(settings: Settings, plan: WorkerPlan) -> Readiness:
         timeout=settings.readiness_timeout,
         health=health_urls(plan),
         reachable=reachable,
-        redis={"host": redis.host, "port": redis.port, "path": redis.path,
-               "channel": settings.domain, "subscribers": len(plan.processes)},
-    )  # fmt: skip
+        redis={
+            "host": redis.host,
+            "port": redis.port,
+            "path": redis.path,
+            "channel": settings.domain,
+            "subscribers": len(plan.processes),
+        },
+    )
 
 
 def _homeserver(settings: Settings, plan: WorkerPlan, paths: Paths) -> str:
@@ -291,18 +311,29 @@ def _homeserver(settings: Settings, plan: WorkerPlan, paths: Paths) -> str:
         extension = yaml.safe_dump(
             dict(settings.configuration_extension), default_flow_style=False, sort_keys=True
         ).rstrip("\n")
-    return render_template("synapse/homeserver.yaml.j2", settings=settings, plan=plan,
-                           paths=paths, extension=extension,
-                           pgpass=paths.pgpass if settings.database.password else None)  # fmt: skip
+    return render_template(
+        "synapse/homeserver.yaml.j2",
+        settings=settings,
+        plan=plan,
+        paths=paths,
+        extension=extension,
+        pgpass=paths.pgpass if settings.database.password else None,
+    )
 
 
 def _add_units(settings: Settings, plan: WorkerPlan, paths: Paths, add: Any) -> None:
     python = posixpath.join(settings.venv_path, "bin", "python")
     config_args = f"--config-path={paths.homeserver} --config-path={paths.conf_d}/"
-    writable = " ".join(dict.fromkeys(
-        (settings.data_dir, settings.media_store_path, paths.secrets_dir)))  # fmt: skip
-    unit_context = {"settings": settings, "paths": paths, "python": python,
-                    "config_args": config_args, "writable_paths": writable}  # fmt: skip
+    writable = " ".join(
+        dict.fromkeys((settings.data_dir, settings.media_store_path, paths.secrets_dir))
+    )
+    unit_context = {
+        "settings": settings,
+        "paths": paths,
+        "python": python,
+        "config_args": config_args,
+        "writable_paths": writable,
+    }
     worker_names = frozenset(w.name for w in plan.workers)
     units = (
         ("matrix-synapse.service", frozenset({MAIN})),

@@ -151,25 +151,44 @@ class NginxSettings:
         port_ok = isinstance(self.listen_port, int) and 1 <= self.listen_port <= 65535
         log_ok = self.access_log is None or bool(_LOG_PATH_RE.match(str(self.access_log)))
         checks = (
-            ("listen_addresses", list(self.listen_addresses),
-             bool(self.listen_addresses) and all(map(_is_ip, self.listen_addresses)),
-             "allowed: a non-empty list of IP addresses, e.g. ['127.0.0.1']"),
+            (
+                "listen_addresses",
+                list(self.listen_addresses),
+                bool(self.listen_addresses) and all(map(_is_ip, self.listen_addresses)),
+                "allowed: a non-empty list of IP addresses, e.g. ['127.0.0.1']",
+            ),
             ("listen_port", self.listen_port, port_ok, "allowed: an integer from 1 to 65535"),
-            ("server_names", list(self.server_names),
-             all(_SERVER_NAME_RE.match(n) for n in self.server_names),
-             "allowed: host names such as 'matrix.example.org' ('*.' prefix allowed); "
-             "[] answers any Host"),
-            ("trusted_proxies", list(self.trusted_proxies),
-             all(map(_is_network, self.trusted_proxies)),
-             "allowed: a list of IP addresses or CIDRs, e.g. ['10.0.0.0/8']"),
-            ("client_max_body_size", self.client_max_body_size,
-             bool(_SIZE_RE.match(str(self.client_max_body_size))),
-             "allowed: a size such as '50M' (digits, then k, m or g)"),
-            ("access_log", self.access_log, log_ok,
-             "allowed: None or an absolute path without spaces or ;{}'\"$\\"),
-        )  # fmt: skip
-        return [problem(f"matrix_synapse_nginx_{name}", value, allowed)
-                for name, value, ok, allowed in checks if not ok]  # fmt: skip
+            (
+                "server_names",
+                list(self.server_names),
+                all(_SERVER_NAME_RE.match(n) for n in self.server_names),
+                "allowed: host names such as 'matrix.example.org' ('*.' prefix allowed); "
+                "[] answers any Host",
+            ),
+            (
+                "trusted_proxies",
+                list(self.trusted_proxies),
+                all(map(_is_network, self.trusted_proxies)),
+                "allowed: a list of IP addresses or CIDRs, e.g. ['10.0.0.0/8']",
+            ),
+            (
+                "client_max_body_size",
+                self.client_max_body_size,
+                bool(_SIZE_RE.match(str(self.client_max_body_size))),
+                "allowed: a size such as '50M' (digits, then k, m or g)",
+            ),
+            (
+                "access_log",
+                self.access_log,
+                log_ok,
+                "allowed: None or an absolute path without spaces or ;{}'\"$\\",
+            ),
+        )
+        return [
+            problem(f"matrix_synapse_nginx_{name}", value, allowed)
+            for name, value, ok, allowed in checks
+            if not ok
+        ]
 
 
 # --- Rules ------------------------------------------------------------------------------------
@@ -211,26 +230,46 @@ def rules() -> tuple[Rule, ...]:
         endpoints = ep.STREAM_ENDPOINTS[stream.name]
         writer = (Target(Routing.STREAM, stream.name),)
         out.append(Rule(f"{stream.name} stream: its writer, else main", endpoints.writer, writer))
-        out.append(Rule(f"{stream.name} stream: GET on any worker, writes to its writer",
-                        endpoints.get_anywhere, writer, readers))  # fmt: skip
+        out.append(
+            Rule(
+                f"{stream.name} stream: GET on any worker, writes to its writer",
+                endpoints.get_anywhere,
+                writer,
+                readers,
+            )
+        )
     out += [
         Rule("GET on any worker, writes on main", ep.GET_ANYWHERE, (), readers),
-        Rule("media repository (before any federation rule)", ep.MEDIA,
-             (Target(Routing.MEDIA),)),
+        Rule("media repository (before any federation rule)", ep.MEDIA, (Target(Routing.MEDIA),)),
         Rule("user directory", ep.USER_DIRECTORY, (Target(Routing.USER_DIRECTORY), *readers)),
         Rule("sync, by user", ep.SYNC, (Target(Routing.SYNC), generic)),
-        Rule("room pagination, by room", ep.ROOM_MESSAGES,
-             (room, Target(Routing.GENERIC, by_room=True),
-              Target(Routing.CLIENT_READER, by_room=True))),
+        Rule(
+            "room pagination, by room",
+            ep.ROOM_MESSAGES,
+            (
+                room,
+                Target(Routing.GENERIC, by_room=True),
+                Target(Routing.CLIENT_READER, by_room=True),
+            ),
+        ),
         Rule("room-scoped client requests", ep.ROOM_CLIENT, (room, *readers)),
-        Rule("room-scoped federation requests", ep.ROOM_FEDERATION,
-             (room, federation_reader, generic)),
+        Rule(
+            "room-scoped federation requests",
+            ep.ROOM_FEDERATION,
+            (room, federation_reader, generic),
+        ),
         Rule("client requests", ep.CLIENT_READER, (client_reader, generic)),
-        Rule("federation requests (last: media and room routes win)", ep.FEDERATION,
-             (federation_reader, generic)),
-        Rule("inbound federation transactions, by origin", ep.FEDERATION_INBOUND,
-             (federation_reader, generic)),
-    ]  # fmt: skip
+        Rule(
+            "federation requests (last: media and room routes win)",
+            ep.FEDERATION,
+            (federation_reader, generic),
+        ),
+        Rule(
+            "inbound federation transactions, by origin",
+            ep.FEDERATION_INBOUND,
+            (federation_reader, generic),
+        ),
+    ]
     return tuple(r for r in out if r.regexes)
 
 
@@ -313,25 +352,45 @@ class NginxRoutes:
 
 # The hash keys. nginx evaluates a map only when an upstream's hash uses its variable.
 _KEY_MAPS: Final = (
-    NginxMap("$uri", "synapse_room", (
-        (_quote(r"~^/_matrix/client/.*?/rooms/([^/]+)"), "$1"),
-        (_quote(r"~^/_matrix/client/.*?/(join|knock)/([^/]+)"), "$2"),
-        (_quote(r"~^/_matrix/federation/v\d+/[^/]+/([^/]+)"), "$1"),
-    ), "$uri"),
-    NginxMap("$arg_access_token", "synapse_query_requester", (
-        (_quote(r"~^syt_([A-Za-z0-9+/%]+?)_"), "$1"),
-    ), "$arg_access_token"),
-    NginxMap("$http_authorization", "synapse_token_requester", (
-        (_quote(r"~*^Bearer\s+syt_([A-Za-z0-9+/]+)_"), "$1"),
-        (_quote(r"~*^Bearer\s+(\S+)"), "$1"),
-        (_quote(r'~*^X-Matrix\s.*\borigin="?([^",]+)'), "$1"),
-    ), "$synapse_query_requester"),
-    NginxMap("$synapse_token_requester", "synapse_requester", (
-        ('""', "$remote_addr"),
-    ), "$synapse_token_requester"),
-)  # fmt: skip
-_FORWARDED_PROTO_MAP: Final = NginxMap("$http_x_forwarded_proto", "synapse_forwarded_proto",
-                                       (('""', "$scheme"),), "$http_x_forwarded_proto")  # fmt: skip
+    NginxMap(
+        "$uri",
+        "synapse_room",
+        (
+            (_quote(r"~^/_matrix/client/.*?/rooms/([^/]+)"), "$1"),
+            (_quote(r"~^/_matrix/client/.*?/(join|knock)/([^/]+)"), "$2"),
+            (_quote(r"~^/_matrix/federation/v\d+/[^/]+/([^/]+)"), "$1"),
+        ),
+        "$uri",
+    ),
+    NginxMap(
+        "$arg_access_token",
+        "synapse_query_requester",
+        ((_quote(r"~^syt_([A-Za-z0-9+/%]+?)_"), "$1"),),
+        "$arg_access_token",
+    ),
+    NginxMap(
+        "$http_authorization",
+        "synapse_token_requester",
+        (
+            (_quote(r"~*^Bearer\s+syt_([A-Za-z0-9+/]+)_"), "$1"),
+            (_quote(r"~*^Bearer\s+(\S+)"), "$1"),
+            (_quote(r'~*^X-Matrix\s.*\borigin="?([^",]+)'), "$1"),
+        ),
+        "$synapse_query_requester",
+    ),
+    NginxMap(
+        "$synapse_token_requester",
+        "synapse_requester",
+        (('""', "$remote_addr"),),
+        "$synapse_token_requester",
+    ),
+)
+_FORWARDED_PROTO_MAP: Final = NginxMap(
+    "$http_x_forwarded_proto",
+    "synapse_forwarded_proto",
+    (('""', "$scheme"),),
+    "$http_x_forwarded_proto",
+)
 
 
 def nginx_routes(plan: WorkerPlan, nginx: NginxSettings | None = None) -> NginxRoutes:
@@ -391,8 +450,9 @@ def nginx_routes(plan: WorkerPlan, nginx: NginxSettings | None = None) -> NginxR
         if any(loc.variable == variable for loc in locations):
             choices = tuple((method, get_upstream) for method in READ_METHODS)
             maps.append(NginxMap("$request_method", variable, choices, upstream))
-    return NginxRoutes(tuple(maps), tuple(u for u in upstreams.values() if u.name in used),
-                       _group(locations))  # fmt: skip
+    return NginxRoutes(
+        tuple(maps), tuple(u for u in upstreams.values() if u.name in used), _group(locations)
+    )
 
 
 def render_nginx_config(plan: WorkerPlan, nginx: NginxSettings) -> str:
@@ -473,9 +533,14 @@ def _check(plan: WorkerPlan, nginx: NginxSettings) -> None:
                 continue
             theirs = [ipaddress.ip_address(a) for a in listener.bind_addresses]
             if any(a == b or a.is_unspecified or b.is_unspecified for a in ours for b in theirs):
-                problems.append(problem(
-                    "matrix_synapse_nginx_listen_port", nginx.listen_port,
-                    f"{process.name} ({listener.purpose}, from {listener.source}) listens there; "
-                    "allowed: a port no Synapse listener uses"))  # fmt: skip
+                problems.append(
+                    problem(
+                        "matrix_synapse_nginx_listen_port",
+                        nginx.listen_port,
+                        f"{process.name} ({listener.purpose}, from {listener.source}) "
+                        "listens there; "
+                        "allowed: a port no Synapse listener uses",
+                    )
+                )
     if problems:
         raise SettingsError(problems)

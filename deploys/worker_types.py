@@ -2,7 +2,8 @@
 
 Every worker runs ``synapse.app.generic_worker``; its "type" is a role: which listener resources it
 serves, which shared-config key names it, how many may exist and how the reverse proxy routes to it.
-Adding a worker type means adding one row to ``WORKER_TYPES`` (and a stream, one row to ``STREAMS``).
+Adding a worker type means adding one row to ``WORKER_TYPES`` (and a stream, one row to
+``STREAMS``).
 Names and counts follow matrix-docker-ansible-deploy so an operator's variables carry over.
 """
 
@@ -118,36 +119,90 @@ class Stream:
 
 # Port-range starts are settings (group_data/all.py), named after each row's key.
 WORKER_TYPES: Final[tuple[WorkerType, ...]] = (
-    WorkerType("room", "room_worker", "room", ("client", "federation"),
-               SharedRole.NONE, False, Routing.ROOM),
-    WorkerType("sync", "sync_worker", "sync", ("client",),
-               SharedRole.NONE, False, Routing.SYNC),
-    WorkerType("client_reader", "client_reader", "client-reader", ("client",),
-               SharedRole.NONE, False, Routing.CLIENT_READER),
-    WorkerType("federation_reader", "federation_reader", "federation-reader", ("federation",),
-               SharedRole.NONE, False, Routing.FEDERATION_READER),
-    WorkerType("generic", "generic_worker", "generic", ("client", "federation"),
-               SharedRole.NONE, False, Routing.GENERIC),
-    WorkerType("federation_sender", "federation_sender", "federation-sender", (),
-               SharedRole.FEDERATION_SENDER, False, Routing.NONE),
-    WorkerType("pusher", "pusher", "pusher", (),
-               SharedRole.PUSHER, False, Routing.NONE),
-    WorkerType("appservice", "appservice", "appservice", (),
-               SharedRole.APPSERVICE, True, Routing.NONE),
-    WorkerType("user_dir", "user_dir", "user-dir", ("client",),
-               SharedRole.USER_DIRECTORY, True, Routing.USER_DIRECTORY),
-    WorkerType("media_repository", "media_repository", "media-repository",
-               ("media", "client", "federation"),
-               SharedRole.MEDIA, False, Routing.MEDIA, media=True),
-    WorkerType("background", "background", "background", (),
-               SharedRole.BACKGROUND, True, Routing.NONE),
-)  # fmt: skip
+    WorkerType(
+        "room",
+        "room_worker",
+        "room",
+        ("client", "federation"),
+        SharedRole.NONE,
+        False,
+        Routing.ROOM,
+    ),
+    WorkerType("sync", "sync_worker", "sync", ("client",), SharedRole.NONE, False, Routing.SYNC),
+    WorkerType(
+        "client_reader",
+        "client_reader",
+        "client-reader",
+        ("client",),
+        SharedRole.NONE,
+        False,
+        Routing.CLIENT_READER,
+    ),
+    WorkerType(
+        "federation_reader",
+        "federation_reader",
+        "federation-reader",
+        ("federation",),
+        SharedRole.NONE,
+        False,
+        Routing.FEDERATION_READER,
+    ),
+    WorkerType(
+        "generic",
+        "generic_worker",
+        "generic",
+        ("client", "federation"),
+        SharedRole.NONE,
+        False,
+        Routing.GENERIC,
+    ),
+    WorkerType(
+        "federation_sender",
+        "federation_sender",
+        "federation-sender",
+        (),
+        SharedRole.FEDERATION_SENDER,
+        False,
+        Routing.NONE,
+    ),
+    WorkerType("pusher", "pusher", "pusher", (), SharedRole.PUSHER, False, Routing.NONE),
+    WorkerType(
+        "appservice", "appservice", "appservice", (), SharedRole.APPSERVICE, True, Routing.NONE
+    ),
+    WorkerType(
+        "user_dir",
+        "user_dir",
+        "user-dir",
+        ("client",),
+        SharedRole.USER_DIRECTORY,
+        True,
+        Routing.USER_DIRECTORY,
+    ),
+    WorkerType(
+        "media_repository",
+        "media_repository",
+        "media-repository",
+        ("media", "client", "federation"),
+        SharedRole.MEDIA,
+        False,
+        Routing.MEDIA,
+        media=True,
+    ),
+    WorkerType(
+        "background", "background", "background", (), SharedRole.BACKGROUND, True, Routing.NONE
+    ),
+)
 
 # Stream writers are one worker type whose workers each write one stream.
 STREAM_WRITER: Final = WorkerType(
-    "stream_writer", "stream_writer", "stream-writer", ("client",),
-    SharedRole.STREAM_WRITER, False, Routing.STREAM,
-)  # fmt: skip
+    "stream_writer",
+    "stream_writer",
+    "stream-writer",
+    ("client",),
+    SharedRole.STREAM_WRITER,
+    False,
+    Routing.STREAM,
+)
 STREAM_WRITER_PORT_KEYS: Final = MappingProxyType(
     {
         "http": "matrix_synapse_workers_stream_writer_workers_http_port_range_start",
@@ -183,27 +238,37 @@ STREAMS_BY_NAME: Final[Mapping[str, Stream]] = MappingProxyType({s.name: s for s
 SPECIALISED_TYPE_KEYS: Final = ("room", "sync", "client_reader", "federation_reader")
 
 # Preset worker counts, as matrix-docker-ansible-deploy defines them.
-_ONE_WRITER_EACH: Final = {
-    s.name: 1 for s in STREAMS if s.name != "thread_subscriptions"
-}
+_ONE_WRITER_EACH: Final = {s.name: 1 for s in STREAMS if s.name != "thread_subscriptions"}
 PRESETS: Final[Mapping[str, tuple[Mapping[str, int], Mapping[str, int]]]] = MappingProxyType(
     {
         # name: (worker counts by type key, stream-writer counts by stream)
         "little-federation-helper": ({"federation_sender": 1}, {}),
         "one-of-each": (
             {
-                "generic": 1, "pusher": 1, "federation_sender": 1, "media_repository": 1,
-                "appservice": 1, "user_dir": 1, "background": 1,
+                "generic": 1,
+                "pusher": 1,
+                "federation_sender": 1,
+                "media_repository": 1,
+                "appservice": 1,
+                "user_dir": 1,
+                "background": 1,
             },
             _ONE_WRITER_EACH,
         ),
         "specialized-workers": (
             {
-                "room": 1, "sync": 1, "client_reader": 1, "federation_reader": 1,
-                "pusher": 1, "federation_sender": 1, "media_repository": 1,
-                "appservice": 1, "user_dir": 1, "background": 1,
+                "room": 1,
+                "sync": 1,
+                "client_reader": 1,
+                "federation_reader": 1,
+                "pusher": 1,
+                "federation_sender": 1,
+                "media_repository": 1,
+                "appservice": 1,
+                "user_dir": 1,
+                "background": 1,
             },
             _ONE_WRITER_EACH,
         ),
     }
-)  # fmt: skip
+)

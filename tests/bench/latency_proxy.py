@@ -124,8 +124,9 @@ class _Budget:
 class _Link:
     """One proxied connection: two pumps (up, down), each with its own delivery queue."""
 
-    def __init__(self, proxy: LatencyProxy, client: Stream, server: Stream,
-                 budget: _Budget) -> None:  # fmt: skip
+    def __init__(
+        self, proxy: LatencyProxy, client: Stream, server: Stream, budget: _Budget
+    ) -> None:
         self.proxy = proxy
         self.client = client
         self.server = server
@@ -133,8 +134,10 @@ class _Link:
 
     async def run(self) -> None:
         """Forward both ways until both sides finished, an error, or the cut."""
-        pumps = [self.proxy._spawn(self._pump(self.client[0], self.server[1], "up")),
-                 self.proxy._spawn(self._pump(self.server[0], self.client[1], "down"))]  # fmt: skip
+        pumps = [
+            self.proxy._spawn(self._pump(self.client[0], self.server[1], "up")),
+            self.proxy._spawn(self._pump(self.server[0], self.client[1], "down")),
+        ]
         cut = self.proxy._spawn(self._cut_when_tripped())
         try:
             await asyncio.gather(*pumps)
@@ -147,8 +150,9 @@ class _Link:
         for _, writer in (self.client, self.server):
             writer.transport.abort()
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    side: Side) -> None:  # fmt: skip
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, side: Side
+    ) -> None:
         """Read chunks as they come; each is delivered `delay` after it arrived, in order."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[float, bytes | None]] = asyncio.Queue()
@@ -168,8 +172,12 @@ class _Link:
             self.abort()  # one side failed: the connection is over both ways
         await deliver
 
-    async def _deliver(self, queue: asyncio.Queue[tuple[float, bytes | None]],
-                       writer: asyncio.StreamWriter, side: Side) -> None:  # fmt: skip
+    async def _deliver(
+        self,
+        queue: asyncio.Queue[tuple[float, bytes | None]],
+        writer: asyncio.StreamWriter,
+        side: Side,
+    ) -> None:
         """Write each chunk at its own due time: later chunks' delays overlap this one's."""
         loop = asyncio.get_running_loop()
         try:
@@ -212,9 +220,15 @@ class LatencyProxy:
         cut: optional fault to inject, see `Cut`.
     """
 
-    def __init__(self, target_host: str, target_port: int, delay: float = DEFAULT_DELAY,
-                 listen_host: str = "127.0.0.1", listen_port: int = 0,
-                 cut: Cut | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        target_host: str,
+        target_port: int,
+        delay: float = DEFAULT_DELAY,
+        listen_host: str = "127.0.0.1",
+        listen_port: int = 0,
+        cut: Cut | None = None,
+    ) -> None:
         if delay < 0:
             raise ValueError("delay must be >= 0")
         self.target = (target_host, target_port)
@@ -298,8 +312,7 @@ class LatencyProxy:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _accept(self, client_r: asyncio.StreamReader,
-                      client_w: asyncio.StreamWriter) -> None:  # fmt: skip
+    async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         stats = ConnectionStats()
         index = len(self.connections)
         self.connections.append(stats)
@@ -328,27 +341,49 @@ def _parse_target(value: str) -> tuple[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench.latency_proxy",
-                                     description=__doc__.split("\n")[0])  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.bench.latency_proxy", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--target", type=_parse_target, required=True, help="HOST:PORT")
     parser.add_argument("--listen-host", default="127.0.0.1")
     parser.add_argument("--listen-port", type=int, default=0, help="0: pick a free port")
-    parser.add_argument("--rtt-ms", type=float, default=2000 * DEFAULT_DELAY,
-                        help="added round-trip time, split evenly between the directions")
+    parser.add_argument(
+        "--rtt-ms",
+        type=float,
+        default=2000 * DEFAULT_DELAY,
+        help="added round-trip time, split evenly between the directions",
+    )
     parser.add_argument("--cut-after", type=int, metavar="BYTES", help="cut after BYTES")
     parser.add_argument("--cut-direction", choices=("up", "down", "total"), default="total")
-    parser.add_argument("--cut-connections", type=int, metavar="N",
-                        help="cut only the first N connections (default: every one)")
+    parser.add_argument(
+        "--cut-connections",
+        type=int,
+        metavar="N",
+        help="cut only the first N connections (default: every one)",
+    )
     parser.add_argument("--cut-reset", action="store_true", help="cut with RST, not FIN")
     args = parser.parse_args(argv)
     cut = None
     if args.cut_after is not None:
         cut = Cut(args.cut_after, args.cut_direction, args.cut_connections, args.cut_reset)
-    proxy = LatencyProxy(*args.target, delay=args.rtt_ms / 2000, listen_host=args.listen_host,
-                         listen_port=args.listen_port, cut=cut)  # fmt: skip
-    return asyncio.run(_serve_until_signal(proxy, lambda: print(
-        f"listening on {args.listen_host}:{proxy.port} -> {args.target[0]}:{args.target[1]}, "
-        f"+{args.rtt_ms:g} ms RTT", flush=True)))  # fmt: skip
+    proxy = LatencyProxy(
+        *args.target,
+        delay=args.rtt_ms / 2000,
+        listen_host=args.listen_host,
+        listen_port=args.listen_port,
+        cut=cut,
+    )
+    return asyncio.run(
+        _serve_until_signal(
+            proxy,
+            lambda: print(
+                f"listening on {args.listen_host}:{proxy.port} -> "
+                f"{args.target[0]}:{args.target[1]}, "
+                f"+{args.rtt_ms:g} ms RTT",
+                flush=True,
+            ),
+        )
+    )
 
 
 async def _serve_until_signal(proxy: LatencyProxy, announce: Callable[[], None]) -> int:

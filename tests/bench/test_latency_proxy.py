@@ -111,8 +111,9 @@ def test_eof_is_forwarded_after_the_data(echo: int) -> None:
 
 
 @pytest.mark.parametrize("limit", [0, 1, 1000, 65536 + 7])
-def test_cut_up_forwards_exactly_n_bytes_to_the_server(sink: socketserver.TCPServer,
-                                                       limit: int) -> None:  # fmt: skip
+def test_cut_up_forwards_exactly_n_bytes_to_the_server(
+    sink: socketserver.TCPServer, limit: int
+) -> None:
     cut = Cut(after_bytes=limit, direction="up")
     with LatencyProxy("127.0.0.1", sink.server_address[1], delay=0.001, cut=cut) as proxy:
         with _connect(proxy.port) as sock:
@@ -127,8 +128,9 @@ def test_cut_up_forwards_exactly_n_bytes_to_the_server(sink: socketserver.TCPSer
 
 
 def test_cut_down_delivers_exactly_n_bytes_then_closes(echo: int) -> None:
-    with LatencyProxy("127.0.0.1", echo, delay=0.001,
-                      cut=Cut(after_bytes=5000, direction="down")) as proxy:  # fmt: skip
+    with LatencyProxy(
+        "127.0.0.1", echo, delay=0.001, cut=Cut(after_bytes=5000, direction="down")
+    ) as proxy:
         with _connect(proxy.port) as sock:
             sock.sendall(b"z" * 20_000)
             assert _recv_all_or_reset(sock) == b"z" * 5000
@@ -137,8 +139,9 @@ def test_cut_down_delivers_exactly_n_bytes_then_closes(echo: int) -> None:
 
 def test_cut_total_counts_both_directions(echo: int) -> None:
     """An echo doubles every byte: a 3,000-byte total budget is 1,500 each way."""
-    with LatencyProxy("127.0.0.1", echo, delay=0.001,
-                      cut=Cut(after_bytes=3000, direction="total")) as proxy:  # fmt: skip
+    with LatencyProxy(
+        "127.0.0.1", echo, delay=0.001, cut=Cut(after_bytes=3000, direction="total")
+    ) as proxy:
         with _connect(proxy.port) as sock:
             received = b""
             for _ in range(10):  # 500 bytes a time, echoed back before the next

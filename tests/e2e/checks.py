@@ -80,10 +80,25 @@ def assert_verify_passes_with_live_checks(host: TestHost, inventory: Path) -> No
     """``pytest tests/verify`` against the host: everything passed, nothing skipped or
     deselected, and every live check ran (as many as the host's config files call for)."""
     verify = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/verify", f"--hosts={host.testinfra_spec()}",
-         f"--inventory={inventory}", "-rA", "-p", "no:cacheprovider", "-o", "addopts="],
-        cwd=REPO_ROOT, capture_output=True, text=True, check=False, timeout=900,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "tests/verify",
+            f"--hosts={host.testinfra_spec()}",
+            f"--inventory={inventory}",
+            "-rA",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "addopts=",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+    )
     tail = verify.stdout[-6000:]
     assert verify.returncode == 0, tail
     summary = verify.stdout.strip().splitlines()[-1]

@@ -72,8 +72,9 @@ def assert_converged(host: TestHost, want: Rendering) -> None:
     )
     states = active_states(host, list(want.units))
     assert set(states.values()) == {"active"}, {u: s for u, s in states.items() if s != "active"}
-    running = host.ssh("systemctl list-units --plain --no-legend --state=active "
-                       "'matrix-synapse-worker@*'").stdout  # fmt: skip
+    running = host.ssh(
+        "systemctl list-units --plain --no-legend --state=active 'matrix-synapse-worker@*'"
+    ).stdout
     assert {line.split()[0] for line in running.splitlines() if line.strip()} == {
         u for u in want.units if u.startswith("matrix-synapse-worker@")
     }
@@ -91,8 +92,15 @@ READINESS_TIMEOUT = 8
 
 
 def fronts(front_1_port: int, **extra: Any) -> dict[str, Any]:
-    entries = [{"name": f"front-{i}", "type": "generic_worker", "port": 15000 + i,
-                "metrics_port": 25000 + i} for i in range(3)]  # fmt: skip
+    entries = [
+        {
+            "name": f"front-{i}",
+            "type": "generic_worker",
+            "port": 15000 + i,
+            "metrics_port": 25000 + i,
+        }
+        for i in range(3)
+    ]
     entries[1]["port"] = front_1_port  # changes front-1's own file only: restarts only front-1
     return {**WORKERS_ON, "matrix_synapse_workers_enabled_list": entries, **extra}
 
@@ -151,8 +159,10 @@ OPERATOR_CONF = "/etc/nginx/conf.d/operator-media.conf"
 def file_snapshot(host: TestHost) -> str:
     """Every file under the directories the deploy writes: path, mode, owner, link, checksum."""
     dirs = "/etc/matrix-synapse /etc/systemd/system /etc/nginx/conf.d"
-    return host.ssh(f"find {dirs} \\( -type f -o -type l \\) -printf '%p %m %u %g %l\\n' | sort; "
-                    f"find {dirs} -type f -exec sha256sum {{}} + | sort").stdout  # fmt: skip
+    return host.ssh(
+        f"find {dirs} \\( -type f -o -type l \\) -printf '%p %m %u %g %l\\n' | sort; "
+        f"find {dirs} -type f -exec sha256sum {{}} + | sort"
+    ).stdout
 
 
 def test_nginx_refusing_the_new_routing_file_puts_the_old_one_back_and_keeps_serving(
@@ -162,8 +172,10 @@ def test_nginx_refusing_the_new_routing_file_puts_the_old_one_back_and_keeps_ser
     serving = http_get(host, f"{NGINX_URL}/health")
     assert serving[:2] == (200, "synapse_main"), serving  # nginx routes to the stand-in
 
-    host.ssh(f"printf 'upstream synapse_media {{\\n    server 127.0.0.1:9000;\\n}}\\n' "
-             f"> {OPERATOR_CONF} && nginx -t -q && systemctl reload nginx")  # fmt: skip
+    host.ssh(
+        f"printf 'upstream synapse_media {{\\n    server 127.0.0.1:9000;\\n}}\\n' "
+        f"> {OPERATOR_CONF} && nginx -t -q && systemctl reload nginx"
+    )
     routing = host.ssh(f"cat {ROUTING}").stdout
     snapshot, pids = file_snapshot(host), main_pids(host)
 
@@ -207,8 +219,11 @@ KILL_FRACTIONS = (0.3, 0.7)
 
 def pool(cp_max: int) -> dict[str, Any]:
     # workers_cp_max is in every worker's file and in no other file: each change rewrites them all.
-    return {**WORKERS_ON, "matrix_synapse_workers_generic_workers_count": ATOMIC_WORKERS - 15,
-            "matrix_synapse_database_workers_cp_max": cp_max}  # fmt: skip
+    return {
+        **WORKERS_ON,
+        "matrix_synapse_workers_generic_workers_count": ATOMIC_WORKERS - 15,
+        "matrix_synapse_database_workers_cp_max": cp_max,
+    }
 
 
 def test_an_apply_killed_while_writing_leaves_every_file_old_or_new_and_the_next_run_converges(
@@ -247,8 +262,15 @@ def test_an_apply_killed_while_writing_leaves_every_file_old_or_new_and_the_next
         assert all(TMP_SUFFIX in e.rsplit("/", 1)[1] for e in appeared), (fraction, appeared)
         assert set(entries_before) <= set(entries), (fraction, set(entries_before) - set(entries))
         temporaries = [e for e in entries if TMP_SUFFIX in e]
-        samples.append({"fraction": fraction, "new": now_new, "of": len(changed),
-                        "temporaries": len(temporaries), "watcher": watch})  # fmt: skip
+        samples.append(
+            {
+                "fraction": fraction,
+                "new": now_new,
+                "of": len(changed),
+                "temporaries": len(temporaries),
+                "watcher": watch,
+            }
+        )
 
         # The next run finishes the job with no manual step, and the one after changes nothing.
         again = deploy(tmp_path, host, data[(index + 1) % 2], "-y")

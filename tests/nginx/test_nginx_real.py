@@ -51,8 +51,9 @@ START_TIMEOUT = 10.0
 def _nginx_installed() -> None:
     """Fail, never skip: a machine without nginx must not pass these tests silently."""
     if not Path(NGINX).exists():
-        pytest.fail("nginx is not installed: apt-get install nginx-light (make test does)",
-                    pytrace=False)  # fmt: skip
+        pytest.fail(
+            "nginx is not installed: apt-get install nginx-light (make test does)", pytrace=False
+        )
 
 
 # --- Stub upstreams ---------------------------------------------------------------------------
@@ -88,8 +89,11 @@ class Stubs:
         try:
             for (address, port), name in self.listeners.items():
                 serve = functools.partial(self._serve, name)
-                servers.append(self._loop.run_until_complete(
-                    asyncio.start_server(serve, address, port, reuse_address=True)))  # fmt: skip
+                servers.append(
+                    self._loop.run_until_complete(
+                        asyncio.start_server(serve, address, port, reuse_address=True)
+                    )
+                )
         except BaseException as exc:  # reported by __enter__
             self._error = exc
         self._ready.set()
@@ -103,8 +107,9 @@ class Stubs:
         self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
         self._loop.close()
 
-    async def _serve(self, name: str, reader: asyncio.StreamReader,
-                     writer: asyncio.StreamWriter) -> None:  # fmt: skip
+    async def _serve(
+        self, name: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         self.connections[name] += 1
         try:
             while True:
@@ -154,8 +159,13 @@ class Nginx:
     stubs: Stubs
     access_log: Path
 
-    def request(self, method: str, target: str, headers: Mapping[str, str] | None = None,
-                source: str | None = None) -> Answer:  # fmt: skip
+    def request(
+        self,
+        method: str,
+        target: str,
+        headers: Mapping[str, str] | None = None,
+        source: str | None = None,
+    ) -> Answer:
         bind = (source, 0) if source else None
         conn = http.client.HTTPConnection(self.address, self.port, timeout=10, source_address=bind)
         try:
@@ -164,8 +174,12 @@ class Nginx:
             response = conn.getresponse()
             content = response.read().decode()
             got = {k.lower(): v for k, v in response.getheaders()}
-            return Answer(response.status, got.get(UPSTREAM_HEADER.lower()),
-                          got.get("x-stub-name") or content or None, got)  # fmt: skip
+            return Answer(
+                response.status,
+                got.get(UPSTREAM_HEADER.lower()),
+                got.get("x-stub-name") or content or None,
+                got,
+            )
         finally:
             conn.close()
 
@@ -212,8 +226,10 @@ def free_loopback_address() -> str:
 
 
 def main_config(tmp: Path, include: Path) -> str:
-    temp = "\n".join(f"    {kind}_temp_path {tmp}/{kind};"
-                     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))  # fmt: skip
+    temp = "\n".join(
+        f"    {kind}_temp_path {tmp}/{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
     return (
         "worker_processes 1;\n"
         "events { worker_connections 4096; }\n"
@@ -222,13 +238,24 @@ def main_config(tmp: Path, include: Path) -> str:
 
 
 def nginx_command(tmp: Path, conf: Path, *extra: str) -> list[str]:
-    return [NGINX, "-p", f"{tmp}/", "-c", str(conf), "-e", "stderr",
-            "-g", f"daemon off; pid {tmp}/nginx.pid; error_log stderr;", *extra]  # fmt: skip
+    return [
+        NGINX,
+        "-p",
+        f"{tmp}/",
+        "-c",
+        str(conf),
+        "-e",
+        "stderr",
+        "-g",
+        f"daemon off; pid {tmp}/nginx.pid; error_log stderr;",
+        *extra,
+    ]
 
 
 def check_config(tmp: Path, conf: Path) -> None:
-    result = subprocess.run(nginx_command(tmp, conf, "-t"), capture_output=True, text=True,
-                            timeout=30, check=False)  # fmt: skip
+    result = subprocess.run(
+        nginx_command(tmp, conf, "-t"), capture_output=True, text=True, timeout=30, check=False
+    )
     assert result.returncode == 0, result.stderr
     assert "test is successful" in result.stderr
 
@@ -237,8 +264,12 @@ def check_config(tmp: Path, conf: Path) -> None:
 def running_nginx(tmp: Path, plan_name: str, **settings: Any) -> Iterator[Nginx]:
     address = free_loopback_address()
     plan = build(plan_name, matrix_synapse_bind_addresses=[address])
-    nginx = NginxSettings(listen_addresses=(address,), listen_port=NGINX_PORT,
-                          access_log=str(tmp / "access.log"), **settings)  # fmt: skip
+    nginx = NginxSettings(
+        listen_addresses=(address,),
+        listen_port=NGINX_PORT,
+        access_log=str(tmp / "access.log"),
+        **settings,
+    )
     site = tmp / "synapse-workers.conf"
     site.write_text(render_nginx_config(plan, nginx))
     conf = tmp / "nginx.conf"
@@ -249,8 +280,12 @@ def running_nginx(tmp: Path, plan_name: str, **settings: Any) -> Iterator[Nginx]
         if (http := process.listener("http")) is not None:
             listeners[(address, http.port)] = process.name
     with Stubs(listeners) as stubs, (tmp / "nginx.stderr").open("w+") as stderr:
-        proc = subprocess.Popen(nginx_command(tmp, conf), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=stderr)  # fmt: skip
+        proc = subprocess.Popen(
+            nginx_command(tmp, conf),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
         try:
             _wait_listening(proc, address, NGINX_PORT, tmp / "nginx.stderr")
             yield Nginx(plan, address, NGINX_PORT, stubs, tmp / "access.log")
@@ -304,16 +339,24 @@ def nginx_for(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...
 # --- Tests ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("settings", [
-    {},
-    {"listen_addresses": ("127.0.0.1", "::1"), "listen_port": 18448,
-     "server_names": ("matrix.example.org", "*.example.org"),
-     "trusted_proxies": ("10.0.0.0/8", "fd00::/8"), "client_max_body_size": "100M",
-     "access_log": None},
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {
+            "listen_addresses": ("127.0.0.1", "::1"),
+            "listen_port": 18448,
+            "server_names": ("matrix.example.org", "*.example.org"),
+            "trusted_proxies": ("10.0.0.0/8", "fd00::/8"),
+            "client_max_body_size": "100M",
+            "access_log": None,
+        },
+    ],
+)
 @pytest.mark.parametrize("plan_name", list(EXPECTED))
-def test_nginx_accepts_the_rendered_config(tmp_path: Path, plan_name: str,
-                                           settings: dict[str, Any]) -> None:  # fmt: skip
+def test_nginx_accepts_the_rendered_config(
+    tmp_path: Path, plan_name: str, settings: dict[str, Any]
+) -> None:
     site = tmp_path / "synapse-workers.conf"
     site.write_text(render_nginx_config(build(plan_name), NginxSettings(**settings)))
     conf = tmp_path / "nginx.conf"
@@ -431,20 +474,32 @@ def test_a_process_outside_the_class_is_not_accepted(nginx_for: Callable[..., Ng
 NAMED_CASES = [
     ("one-of-each", "PUT", "/_matrix/client/v3/rooms/!r:x/typing/@a:x", "stream-writer-1-typing"),
     ("one-of-each", "PUT", "/_matrix/client/v3/sendToDevice/m.x/t1", "stream-writer-2-to-device"),
-    ("one-of-each", "PUT", "/_matrix/client/v3/pushrules/global/override/r",
-     "stream-writer-6-push-rules"),
+    (
+        "one-of-each",
+        "PUT",
+        "/_matrix/client/v3/pushrules/global/override/r",
+        "stream-writer-6-push-rules",
+    ),
     ("one-of-each", "GET", "/_matrix/client/v3/pushrules/", "generic-0"),
     ("one-of-each", "HEAD", "/_matrix/client/v3/pushrules/", "generic-0"),
     ("one-of-each", "GET", "/_matrix/media/v3/download/x/abc", "media-repository-0"),
     ("one-of-each", "POST", "/_matrix/client/v3/login", "generic-0"),
     ("one-of-each", "POST", "/_matrix/client/v3/logout", "main"),
     ("one-of-each", "GET", "/whatever", "main"),
-    ("one-of-each-without-typing-writer", "PUT", "/_matrix/client/v3/rooms/!r:x/typing/@a:x",
-     "main"),
-    ("specialized-workers", "GET", "/_matrix/federation/v1/media/download/abc",
-     "media-repository-0"),
+    (
+        "one-of-each-without-typing-writer",
+        "PUT",
+        "/_matrix/client/v3/rooms/!r:x/typing/@a:x",
+        "main",
+    ),
+    (
+        "specialized-workers",
+        "GET",
+        "/_matrix/federation/v1/media/download/abc",
+        "media-repository-0",
+    ),
     ("specialized-workers", "POST", "/_matrix/client/v3/login", "client-reader-0"),
-]  # fmt: skip
+]
 
 
 def test_named_cases_reach_the_named_worker(nginx_for: Callable[..., Nginx]) -> None:
@@ -457,8 +512,9 @@ def test_named_cases_reach_the_named_worker(nginx_for: Callable[..., Nginx]) -> 
 
 
 @pytest.mark.parametrize("plan_name", ["specialized-sharded", "130-generic"])
-def test_room_pagination_is_sticky_per_room(nginx_for: Callable[..., Nginx],
-                                            plan_name: str) -> None:  # fmt: skip
+def test_room_pagination_is_sticky_per_room(
+    nginx_for: Callable[..., Nginx], plan_name: str
+) -> None:
     nginx = nginx_for(plan_name)
     messages = "/_matrix/client/v3/rooms/{}/messages?dir=b&from=t{}"
     for room in ("!abc:x", "!hot:example.org", "!v12roomidwithoutserver"):
@@ -508,8 +564,9 @@ def test_federation_transactions_are_sticky_per_origin(nginx_for: Callable[..., 
 
     def reader(origin: str, n: int) -> str | None:
         auth = f'X-Matrix origin="{origin}",destination="x",key="ed25519:k{n}",sig="s{n}"'
-        answer = nginx.request("PUT", f"/_matrix/federation/v1/send/txn{n}",
-                               {"Authorization": auth})  # fmt: skip
+        answer = nginx.request(
+            "PUT", f"/_matrix/federation/v1/send/txn{n}", {"Authorization": auth}
+        )
         assert answer.upstream == "synapse_federation_reader"
         return answer.process
 
@@ -537,15 +594,19 @@ def test_nginx_keeps_upstream_connections_alive_and_passes_the_raw_uri(
 def test_client_address_and_scheme_reach_synapse(nginx_for: Callable[..., Nginx]) -> None:
     edge = "203.0.113.9"
     plain = nginx_for("one-of-each")
-    answer = plain.request("GET", "/_matrix/client/versions",
-                           {"X-Forwarded-For": edge, "X-Forwarded-Proto": "https"})  # fmt: skip
+    answer = plain.request(
+        "GET", "/_matrix/client/versions", {"X-Forwarded-For": edge, "X-Forwarded-Proto": "https"}
+    )
     assert answer.headers["x-stub-forwarded-for"] != edge  # not trusted: the peer's address
     assert answer.headers["x-stub-forwarded-proto"] == "http"
     proxy = free_loopback_address()
     behind = nginx_for("one-of-each", trusted_proxies=(proxy,))
-    answer = behind.request("GET", "/_matrix/client/versions",
-                            {"X-Forwarded-For": edge, "X-Forwarded-Proto": "https"},
-                            source=proxy)  # fmt: skip
+    answer = behind.request(
+        "GET",
+        "/_matrix/client/versions",
+        {"X-Forwarded-For": edge, "X-Forwarded-Proto": "https"},
+        source=proxy,
+    )
     assert answer.headers["x-stub-forwarded-for"] == edge
     assert answer.headers["x-stub-forwarded-proto"] == "https"
 
@@ -556,7 +617,10 @@ def test_access_log_names_the_upstream_and_hides_query_tokens(
     nginx = nginx_for("generic-only")
     answer = nginx.request("GET", "/_matrix/client/v3/sync?access_token=syt_c2VjcmV0_secret_x")
     port = nginx.plan.worker(answer.process or "").listener("http").port  # type: ignore[union-attr]
-    line = next(x for x in reversed(nginx.access_log.read_text().splitlines())
-                if "/_matrix/client/v3/sync" in x)  # fmt: skip
+    line = next(
+        x
+        for x in reversed(nginx.access_log.read_text().splitlines())
+        if "/_matrix/client/v3/sync" in x
+    )
     assert "upstream=synapse_generic " in line and f"addr={nginx.address}:{port} " in line
     assert "secret" not in line

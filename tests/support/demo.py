@@ -21,8 +21,11 @@ from tests.support.deploying import write_inventory
 from tests.support.synapse_tree import E2E_SETTINGS, ensure_synapse_tree
 from tests.support.testhost import TestHost
 
-DEMO_SETTINGS = {**E2E_SETTINGS, "matrix_synapse_workers_enabled": True,
-                 "matrix_synapse_workers_preset": "one-of-each"}  # fmt: skip
+DEMO_SETTINGS = {
+    **E2E_SETTINGS,
+    "matrix_synapse_workers_enabled": True,
+    "matrix_synapse_workers_preset": "one-of-each",
+}
 
 
 def main() -> int:
@@ -31,14 +34,32 @@ def main() -> int:
     args = parser.parse_args()
     host = TestHost.start("synapse-demo", tree=ensure_synapse_tree())
     try:
-        inventory = write_inventory(Path(tempfile.mkdtemp(prefix="synapse-demo-")) / "demo.py",
-                                    [(host, DEMO_SETTINGS)], standin=False)  # fmt: skip
+        inventory = write_inventory(
+            Path(tempfile.mkdtemp(prefix="synapse-demo-")) / "demo.py",
+            [(host, DEMO_SETTINGS)],
+            standin=False,
+        )
         pyinfra = str(Path(sys.executable).with_name("pyinfra"))
-        subprocess.run([pyinfra, "-y", str(inventory), "deploys/synapse.py"], cwd=REPO_ROOT,
-                       check=True)  # fmt: skip
-        subprocess.run([sys.executable, "-m", "pytest", "tests/verify", "-q",
-                        f"--hosts={host.testinfra_spec()}", f"--inventory={inventory}",
-                        "-o", "addopts=", "-p", "no:cacheprovider"], cwd=REPO_ROOT, check=True)  # fmt: skip
+        subprocess.run(
+            [pyinfra, "-y", str(inventory), "deploys/synapse.py"], cwd=REPO_ROOT, check=True
+        )
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "tests/verify",
+                "-q",
+                f"--hosts={host.testinfra_spec()}",
+                f"--inventory={inventory}",
+                "-o",
+                "addopts=",
+                "-p",
+                "no:cacheprovider",
+            ],
+            cwd=REPO_ROOT,
+            check=True,
+        )
         port = host.forward(8088)  # nginx, in front of main and every worker
         url = f"http://127.0.0.1:{port}/_matrix/client/versions"
         with urllib.request.urlopen(url, timeout=30) as response:  # proves the route from here
@@ -46,11 +67,13 @@ def main() -> int:
         print(f"""
 Synapse (example.org) runs on {host.name} with the one-of-each workers behind nginx.
   homeserver:  {url}  (answers: {", ".join(versions[-3:])}, ...)
-  a user:      ssh -F {host.ssh_config} {host.name} /opt/venvs/matrix-synapse/bin/register_new_matrix_user \\
+  a user:      ssh -F {host.ssh_config} {host.name} \\
+                 /opt/venvs/matrix-synapse/bin/register_new_matrix_user \\
                  -c /etc/matrix-synapse/homeserver.yaml -u alice -p secret --no-admin http://127.0.0.1:8008
   shell:       ssh -F {host.ssh_config} {host.name}
   redeploy:    .venv/bin/pyinfra {inventory} deploys/synapse.py --dry --diff
-  verify:      .venv/bin/pytest tests/verify --hosts={host.testinfra_spec()} --inventory={inventory} -o addopts=
+  verify:      .venv/bin/pytest tests/verify --hosts={host.testinfra_spec()} \\
+                 --inventory={inventory} -o addopts=
 """)
         if not args.exit:
             print("Press Ctrl-C to stop the demo host.")

@@ -200,15 +200,19 @@ def _start(host: TestHost, script: str, args: list[str], ready: str, timeout: fl
 
     background = Background(threading.Thread(target=run, daemon=True), box)
     background.thread.start()
-    wait_for(lambda: host.ssh(f"test -e {ready}", check=False).returncode == 0 or "error" in box,
-             timeout=60, what=f"{ready} on the host")  # fmt: skip
+    wait_for(
+        lambda: host.ssh(f"test -e {ready}", check=False).returncode == 0 or "error" in box,
+        timeout=60,
+        what=f"{ready} on the host",
+    )
     if "error" in box:
         raise box["error"]
     return background
 
 
-def kill_apply_after(host: TestHost, directories: list[str], files: int,
-                     timeout: float = 300) -> Background:  # fmt: skip
+def kill_apply_after(
+    host: TestHost, directories: list[str], files: int, timeout: float = 300
+) -> Background:
     """SIGKILL the host's ``remote_apply.py`` as soon as ``files`` files under ``directories``
     are newer than when the watcher started (written by the run under test)."""
     ready = "/run/faults-kill-watcher.ready"
@@ -251,8 +255,12 @@ def rendering(host: TestHost, data: Mapping[str, Any]) -> Rendering:
     the plan and render code with the inventory's host data."""
     settings = parse_settings(make_data(**STANDIN_SETTINGS, **data))
     plan = build_plan(settings, host.name)
-    return Rendering(desired_state(settings, plan), paths_for(settings).workers_dir,
-                     tuple(p.unit for p in plan.processes), health_ports(plan))  # fmt: skip
+    return Rendering(
+        desired_state(settings, plan),
+        paths_for(settings).workers_dir,
+        tuple(p.unit for p in plan.processes),
+        health_ports(plan),
+    )
 
 
 def host_hashes(host: TestHost, paths: list[str]) -> dict[str, str | None]:
@@ -332,8 +340,11 @@ def stale_processes(host: TestHost, want: Rendering, slack: float = 0.05) -> dic
     reads: dict[str, list[str]] = {}
     for unit in want.units:
         name = worker_name(unit) or MAIN
-        reads[unit] = sorted(p for p, f in want.desired.files.items()
-                             if EVERY_PROCESS in f.restarts or name in f.restarts)  # fmt: skip
+        reads[unit] = sorted(
+            p
+            for p, f in want.desired.files.items()
+            if EVERY_PROCESS in f.restarts or name in f.restarts
+        )
     script = (
         "import json, os, subprocess, sys, time\n"
         "reads = json.load(sys.stdin)\n"

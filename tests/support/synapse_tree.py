@@ -35,8 +35,9 @@ def ensure_previous_synapse_tree() -> Path:
         f"'matrix-synapse[postgres,redis]=={current.version}'",
         "printf '[global]\\nno-index = true\\nfind-links = /wheelhouse\\n' > /etc/pip.conf",
     ]
-    return ensure_derived_tree("synapse-previous", commands,
-                               version=f"1-{PREVIOUS_VERSION}-{current.version}")  # fmt: skip
+    return ensure_derived_tree(
+        "synapse-previous", commands, version=f"1-{PREVIOUS_VERSION}-{current.version}"
+    )
 
 
 def ensure_synapse_tree() -> Path:

@@ -77,9 +77,16 @@ class Root:
         host_state = self.host_state()
         drift = compare(desired, host_state, (*desired.secrets, desired.signing_key))
         extra_units = sorted({u for f in desired.files.values() for u in f.reloads})
-        archive = _archive(desired, drift, host_state, [w.name for w in plan.workers],
-                           (ACCOUNT_USER, ACCOUNT_GROUP, f"{self.path}/var/lib/matrix-synapse"),
-                           settings.systemd_dir, 5, extra_units)  # fmt: skip
+        archive = _archive(
+            desired,
+            drift,
+            host_state,
+            [w.name for w in plan.workers],
+            (ACCOUNT_USER, ACCOUNT_GROUP, f"{self.path}/var/lib/matrix-synapse"),
+            settings.systemd_dir,
+            5,
+            extra_units,
+        )
         self.runs += 1
         stage = self.tmp / f"stage-{self.runs}"
         stage.mkdir()
@@ -97,8 +104,11 @@ class Root:
             if path.is_file() and path != self.journal:
                 st = path.stat()
                 state.files[str(path)] = RemoteFile(
-                    stat.S_IMODE(st.st_mode), pwd.getpwuid(st.st_uid).pw_name,
-                    grp.getgrgid(st.st_gid).gr_name, sha256(path.read_bytes()))  # fmt: skip
+                    stat.S_IMODE(st.st_mode),
+                    pwd.getpwuid(st.st_uid).pw_name,
+                    grp.getgrgid(st.st_gid).gr_name,
+                    sha256(path.read_bytes()),
+                )
         return state
 
     def files(self) -> dict[str, tuple[str, int, int, int]]:
@@ -107,8 +117,12 @@ class Root:
         for path in sorted(self.path.rglob("*")):
             if path.is_file() or path.is_symlink():
                 st = path.lstat()
-                found[str(path)] = (sha256(path.read_bytes()), stat.S_IMODE(st.st_mode),
-                                    st.st_uid, st.st_gid)  # fmt: skip
+                found[str(path)] = (
+                    sha256(path.read_bytes()),
+                    stat.S_IMODE(st.st_mode),
+                    st.st_uid,
+                    st.st_gid,
+                )
         return found
 
 
@@ -173,8 +187,10 @@ def test_a_file_changed_since_the_read_refuses_the_run_before_any_change(root: R
     before = root.files()
     with pytest.raises(remote_apply.ApplyError) as refused:
         apply_files(manifest, stage)
-    assert (f"{log} changed on the host since this run read it (another deploy ran meanwhile?); "
-            "nothing was changed; run the deploy again") in str(refused.value)  # fmt: skip
+    assert (
+        f"{log} changed on the host since this run read it (another deploy ran meanwhile?); "
+        "nothing was changed; run the deploy again"
+    ) in str(refused.value)
     assert root.files() == before  # the other run's change stands; no journal of its own
     assert not root.journal.exists()
 
@@ -187,7 +203,8 @@ def test_an_owned_file_that_appeared_since_the_read_is_not_removed(root: Root) -
     with pytest.raises(remote_apply.ApplyError) as refused:
         apply_files(manifest, stage)
     assert "appeared on the host since this run read it, and this run would remove it" in str(
-        refused.value)  # fmt: skip
+        refused.value
+    )
     assert "nothing was changed" in str(refused.value)
     assert root.files() == before and not root.journal.exists()
 
@@ -229,10 +246,17 @@ def test_a_missing_staged_copy_is_a_clear_error_before_any_change(root: Root) ->
 # --- Bug 8: the journal ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("content", [
-    b"", b"{not json", b'{"path": "/etc/x"}', b'[{"path": "/etc/x", "restarts": ["*"]}]',
-    b'[{"path": "/etc/x", "restarts": "*", "unit_file": false, "reloads": []}]',
-], ids=["empty", "not-json", "not-a-list", "missing-keys", "wrong-type"])  # fmt: skip
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"{not json",
+        b'{"path": "/etc/x"}',
+        b'[{"path": "/etc/x", "restarts": ["*"]}]',
+        b'[{"path": "/etc/x", "restarts": "*", "unit_file": false, "reloads": []}]',
+    ],
+    ids=["empty", "not-json", "not-a-list", "missing-keys", "wrong-type"],
+)
 def test_a_corrupt_journal_fails_the_run_saying_how_to_recover(root: Root, content: bytes) -> None:
     deployed(root)
     root.journal.parent.mkdir(parents=True, exist_ok=True)
@@ -280,8 +304,11 @@ def test_a_write_failing_half_way_puts_back_every_file_and_the_journal(root: Roo
     before = root.files()
     # New config (log level), a new worker file and new unit files (another venv): the config
     # files come first in the manifest, the unit files after them, in a directory no one can write.
-    changed = {**LOG_WARNING, "matrix_synapse_venv_path": "/opt/other-venv",
-               "matrix_synapse_workers_generic_workers_count": 2}  # fmt: skip
+    changed = {
+        **LOG_WARNING,
+        "matrix_synapse_venv_path": "/opt/other-venv",
+        "matrix_synapse_workers_generic_workers_count": 2,
+    }
     manifest, stage = root.read(**changed)
     systemd_dir = Path(manifest["systemd_dir"])
     with immutable(systemd_dir), pytest.raises(remote_apply.ApplyError) as failed:
@@ -320,8 +347,10 @@ def test_a_refused_check_puts_the_previous_files_back(root: Root) -> None:
     entry(manifest, "/log.yaml")["check"] = "echo 'no such level' >&2; exit 3"
     with pytest.raises(remote_apply.ApplyError) as refused:
         apply_files(manifest, stage)
-    assert "log.yaml (`echo 'no such level' >&2; exit 3`) was refused; the previous files were " \
-        "put back and no process was touched" in str(refused.value)  # fmt: skip
+    assert (
+        "log.yaml (`echo 'no such level' >&2; exit 3`) was refused; the previous files were "
+        "put back and no process was touched" in str(refused.value)
+    )
     assert "no such level" in str(refused.value)
     assert root.files() == before and not root.journal.exists()
 
@@ -342,8 +371,10 @@ def test_a_replayed_nginx_change_is_checked(root: Root) -> None:
 
 @pytest.mark.synapse
 def test_a_replayed_synapse_config_is_checked_with_the_real_synapse(root: Root) -> None:
-    check = {"matrix_synapse_config_check": True,
-             "matrix_synapse_venv_path": str(REPO / ".venv")}  # the real Synapse  # fmt: skip
+    check = {
+        "matrix_synapse_config_check": True,
+        "matrix_synapse_venv_path": str(REPO / ".venv"),
+    }  # the real Synapse
     # Passes our validation (a pass-through setting), but Synapse cannot parse the size.
     bad = {**check, "matrix_synapse_configuration_extension": {"max_upload_size": "lots"}}
     manifest, stage = root.read(**bad)
@@ -412,23 +443,34 @@ def readiness_for(root: Root, **overrides: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(state.readiness)))
 
 
-@pytest.mark.parametrize(("bind", "serve"), [
-    ("127.0.0.5", "127.0.0.5"), ("::1", "::1"), ("0.0.0.0", "127.0.0.1"), ("::", "::1"),
-])  # fmt: skip
-def test_health_is_probed_on_an_address_the_listener_binds(root: Root, bind: str,
-                                                           serve: str) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("bind", "serve"),
+    [
+        ("127.0.0.5", "127.0.0.5"),
+        ("::1", "::1"),
+        ("0.0.0.0", "127.0.0.1"),
+        ("::", "::1"),
+    ],
+)
+def test_health_is_probed_on_an_address_the_listener_binds(
+    root: Root, bind: str, serve: str
+) -> None:
     port = free_port(serve)
-    readiness = readiness_for(root, matrix_synapse_bind_addresses=[bind],
-                              matrix_synapse_workers_enabled=False,
-                              matrix_synapse_http_port=port)  # fmt: skip
+    readiness = readiness_for(
+        root,
+        matrix_synapse_bind_addresses=[bind],
+        matrix_synapse_workers_enabled=False,
+        matrix_synapse_http_port=port,
+    )
     main = remote_apply.services.MAIN_UNIT
     host = f"[{serve}]" if ":" in serve else serve
     assert readiness["health"][main] == f"http://{host}:{port}/health"
     assert remote_apply.unit_not_ready(main, ("loaded", "active"), readiness) is not None
     with serving_health(serve, port):  # bound to that address only
         assert remote_apply.unit_not_ready(main, ("loaded", "active"), readiness) is None
-        assert "is activating" in remote_apply.unit_not_ready(main, ("loaded", "activating"),
-                                                              readiness)  # fmt: skip
+        assert "is activating" in remote_apply.unit_not_ready(
+            main, ("loaded", "activating"), readiness
+        )
 
 
 def test_nginx_started_by_the_run_is_waited_for_by_its_own_criterion(root: Root) -> None:
@@ -436,8 +478,11 @@ def test_nginx_started_by_the_run_is_waited_for_by_its_own_criterion(root: Root)
     readiness = readiness_for(root, matrix_synapse_nginx_listen_port=port)
     services = remote_apply.services
     up = services.UnitState("loaded", "active", enabled=True)
-    units = {services.MAIN_UNIT: up, services.TARGET_UNIT: up,
-             "nginx.service": services.UnitState("loaded", "inactive")}  # fmt: skip
+    units = {
+        services.MAIN_UNIT: up,
+        services.TARGET_UNIT: up,
+        "nginx.service": services.UnitState("loaded", "inactive"),
+    }
     nginx_changed = services.Change(
         "/etc/nginx/conf.d/x.conf", reloads=frozenset({"nginx.service"})
     )
@@ -457,15 +502,21 @@ def test_readiness_covers_exactly_the_units_the_run_restarted_or_started() -> No
     services = remote_apply.services
     up = services.UnitState("loaded", "active", enabled=True)
     workers = ["generic-0", "generic-1", "pusher-0"]
-    units = {services.MAIN_UNIT: up, services.TARGET_UNIT: up, "nginx.service": up,
-             **{services.worker_unit(w): up for w in workers}}  # fmt: skip
+    units = {
+        services.MAIN_UNIT: up,
+        services.TARGET_UNIT: up,
+        "nginx.service": up,
+        **{services.worker_unit(w): up for w in workers},
+    }
     units[services.worker_unit("pusher-0")] = services.UnitState("loaded", "failed", enabled=True)
     change = services.Change("/etc/matrix-synapse/workers/generic-1.yaml", frozenset({"generic-1"}))
     nginx = services.Change("/etc/nginx/conf.d/x.conf", reloads=frozenset({"nginx.service"}))
     actions = services.plan_service_actions([change, nginx], workers, units)
     # generic-1 restarted, pusher-0 started; nginx (reloaded) and the others are not waited for.
-    assert remote_apply.readiness_units(actions) == [services.worker_unit("generic-1"),
-                                                     services.worker_unit("pusher-0")]  # fmt: skip
+    assert remote_apply.readiness_units(actions) == [
+        services.worker_unit("generic-1"),
+        services.worker_unit("pusher-0"),
+    ]
 
 
 # --- Bug 10: Redis and the error path ---------------------------------------------------------
@@ -473,8 +524,13 @@ def test_readiness_covers_exactly_the_units_the_run_restarted_or_started() -> No
 
 def test_an_unreachable_redis_is_reported_as_such(tmp_path: Path) -> None:
     port = free_port("127.0.0.1")  # nothing listens there any more
-    redis = {"host": "127.0.0.1", "port": port, "path": None, "channel": "example.org",
-             "subscribers": 3}  # fmt: skip
+    redis = {
+        "host": "127.0.0.1",
+        "port": port,
+        "path": None,
+        "channel": "example.org",
+        "subscribers": 3,
+    }
     problem = remote_apply.redis_not_ready(redis)
     assert problem is not None
     assert problem.startswith(f"cannot reach Redis at 127.0.0.1:{port}: ")

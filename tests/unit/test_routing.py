@@ -43,7 +43,8 @@ PLANS: Final[Mapping[str, Mapping[str, Any]]] = {
         "matrix_synapse_workers_stream_writer_typing_stream_workers_count": 0,
     },
     "generic-only": {
-        **{t.count_key: 0 for t in WORKER_TYPES}, **NO_STREAM_WRITERS,
+        **{t.count_key: 0 for t in WORKER_TYPES},
+        **NO_STREAM_WRITERS,
         "matrix_synapse_workers_generic_workers_count": 3,
     },
     "130-generic": {"matrix_synapse_workers_generic_workers_count": 130},
@@ -65,7 +66,7 @@ PLANS: Final[Mapping[str, Mapping[str, Any]]] = {
         "matrix_synapse_workers_client_reader_workers_count": 2,
         "matrix_synapse_workers_stream_writer_receipts_stream_workers_count": 2,
     },
-}  # fmt: skip
+}
 
 
 def build(name: str, **overrides: Any) -> WorkerPlan:
@@ -92,8 +93,10 @@ CASES: Final[Mapping[str, tuple[str, str]]] = {
     "presence-get": ("GET", "/_matrix/client/v3/presence/@alice:x/status"),
     "keys-upload": ("POST", "/_matrix/client/v3/keys/upload"),
     "devices": ("GET", "/_matrix/client/v3/devices"),
-    "thread-subscription": ("PUT", "/_matrix/client/unstable/io.element.msc4306/rooms/!abc:x"
-                                   "/thread/$root/subscription"),
+    "thread-subscription": (
+        "PUT",
+        "/_matrix/client/unstable/io.element.msc4306/rooms/!abc:x/thread/$root/subscription",
+    ),
     "quarantine-media": ("POST", "/_synapse/admin/v1/media/quarantine/x/abc"),
     "quarantine-room-media": ("POST", "/_synapse/admin/v1/room/!abc:x/media/quarantine"),
     "media-download": ("GET", "/_matrix/media/v3/download/x/abc"),
@@ -127,8 +130,10 @@ CASES: Final[Mapping[str, tuple[str, str]]] = {
     "admin-user-get": ("GET", "/_synapse/admin/v2/users/@alice:x"),
     "admin-user-put": ("PUT", "/_synapse/admin/v2/users/@alice:x"),
     "delayed-event-get": ("GET", "/_matrix/client/unstable/org.matrix.msc4140/delayed_events/d1"),
-    "delayed-event-update": ("POST",
-                             "/_matrix/client/unstable/org.matrix.msc4140/delayed_events/d1"),
+    "delayed-event-update": (
+        "POST",
+        "/_matrix/client/unstable/org.matrix.msc4140/delayed_events/d1",
+    ),
     "admin-server-version": ("GET", "/_synapse/admin/v1/server_version"),
     "federation-send": ("PUT", "/_matrix/federation/v1/send/txn1"),
     "federation-event": ("GET", "/_matrix/federation/v1/event/$ev1"),
@@ -138,7 +143,7 @@ CASES: Final[Mapping[str, tuple[str, str]]] = {
     "key-query": ("POST", "/_matrix/key/v2/query"),
     "well-known": ("GET", "/.well-known/matrix/server"),
     "unknown": ("GET", "/no/such/path"),
-}  # fmt: skip
+}
 
 M, G, CR = MAIN_UPSTREAM, "synapse_generic", "synapse_client_reader"
 ROOM, SYNC, FR = "synapse_room", "synapse_sync", "synapse_federation_reader"
@@ -264,9 +269,11 @@ def evaluate(routes: NginxRoutes, method: str, target: str) -> str:
 @pytest.mark.parametrize("plan_name", list(EXPECTED))
 def test_every_case_reaches_the_expected_upstream(plan_name: str) -> None:
     routes = nginx_routes(build(plan_name))
-    wrong = {case: (evaluate(routes, method, target), expected)
-             for case, method, target, expected in table(plan_name)
-             if evaluate(routes, method, target) != expected}  # fmt: skip
+    wrong = {
+        case: (evaluate(routes, method, target), expected)
+        for case, method, target, expected in table(plan_name)
+        if evaluate(routes, method, target) != expected
+    }
     assert not wrong, f"case: (got, expected): {wrong}"
     names = {u.name for u in routes.upstreams}
     assert set(EXPECTED[plan_name].values()) <= names
@@ -295,8 +302,9 @@ def test_every_routing_class_has_a_balance_and_every_routed_type_gets_traffic() 
     for t in WORKER_TYPES:
         if t.routing is Routing.NONE:
             continue
-        plan = build("generic-only", **{"matrix_synapse_workers_generic_workers_count": 0,
-                                        t.count_key: 1})  # fmt: skip
+        plan = build(
+            "generic-only", **{"matrix_synapse_workers_generic_workers_count": 0, t.count_key: 1}
+        )
         used = {loc.upstream for loc in nginx_routes(plan).locations}
         assert f"synapse_{t.routing.value}" in used, t.key
     assert STREAM_WRITER.routing is Routing.STREAM
@@ -308,8 +316,11 @@ def test_every_routing_class_has_a_balance_and_every_routed_type_gets_traffic() 
 
 
 def test_endpoint_regexes_compile_and_are_not_repeated_within_a_list() -> None:
-    lists = {name: value for name, value in vars(endpoints).items()
-             if name.isupper() and isinstance(value, tuple)}  # fmt: skip
+    lists = {
+        name: value
+        for name, value in vars(endpoints).items()
+        if name.isupper() and isinstance(value, tuple)
+    }
     lists.update({f"stream {n}": e.all for n, e in endpoints.STREAM_ENDPOINTS.items()})
     assert len(lists) > 10
     for name, regexes in lists.items():
@@ -320,19 +331,28 @@ def test_endpoint_regexes_compile_and_are_not_repeated_within_a_list() -> None:
 
 
 def test_generic_workers_serve_the_union_of_the_specialised_lists() -> None:
-    specialised = (*endpoints.SYNC, *endpoints.ROOM_MESSAGES, *endpoints.ROOM_CLIENT,
-                   *endpoints.CLIENT_READER, *endpoints.USER_DIRECTORY)  # fmt: skip
+    specialised = (
+        *endpoints.SYNC,
+        *endpoints.ROOM_MESSAGES,
+        *endpoints.ROOM_CLIENT,
+        *endpoints.CLIENT_READER,
+        *endpoints.USER_DIRECTORY,
+    )
     assert set(endpoints.GENERIC_WORKER_CLIENT) == set(specialised)
-    assert set(endpoints.FEDERATION_READER) == {*endpoints.ROOM_FEDERATION, *endpoints.FEDERATION,
-                                                *endpoints.FEDERATION_INBOUND}  # fmt: skip
+    assert set(endpoints.FEDERATION_READER) == {
+        *endpoints.ROOM_FEDERATION,
+        *endpoints.FEDERATION,
+        *endpoints.FEDERATION_INBOUND,
+    }
     stream_regexes = {r for e in endpoints.STREAM_ENDPOINTS.values() for r in e.all}
     assert not stream_regexes & set(endpoints.GENERIC_WORKER_CLIENT)
 
 
 def test_federation_media_comes_before_every_federation_reader_location() -> None:
     locations = nginx_routes(build("specialized-workers")).locations
-    media = next(i for i, loc in enumerate(locations)
-                 if loc.regex == r"^/_matrix/federation/v1/media/")  # fmt: skip
+    media = next(
+        i for i, loc in enumerate(locations) if loc.regex == r"^/_matrix/federation/v1/media/"
+    )
     readers = [i for i, loc in enumerate(locations) if loc.upstream == FR]
     assert readers and media < min(readers)
     assert locations[-1].upstream == FR  # federation readers come last
@@ -366,15 +386,25 @@ def test_rendered_upstreams_use_keepalive_http11_and_name_themselves() -> None:
 
 
 def test_settings_reach_the_server_block() -> None:
-    nginx = NginxSettings(listen_addresses=("127.0.0.1", "::1"), listen_port=8448,
-                          server_names=("matrix.example.org",), trusted_proxies=("10.0.0.0/8",),
-                          client_max_body_size="100M", access_log=None)  # fmt: skip
+    nginx = NginxSettings(
+        listen_addresses=("127.0.0.1", "::1"),
+        listen_port=8448,
+        server_names=("matrix.example.org",),
+        trusted_proxies=("10.0.0.0/8",),
+        client_max_body_size="100M",
+        access_log=None,
+    )
     config = render_nginx_config(build("one-of-each"), nginx)
-    for line in ("listen 127.0.0.1:8448;", "listen [::1]:8448;",
-                 "server_name matrix.example.org;", "set_real_ip_from 10.0.0.0/8;",
-                 "real_ip_header X-Forwarded-For;", "client_max_body_size 100M;",
-                 "access_log off;",
-                 "proxy_set_header X-Forwarded-Proto $synapse_forwarded_proto;"):  # fmt: skip
+    for line in (
+        "listen 127.0.0.1:8448;",
+        "listen [::1]:8448;",
+        "server_name matrix.example.org;",
+        "set_real_ip_from 10.0.0.0/8;",
+        "real_ip_header X-Forwarded-For;",
+        "client_max_body_size 100M;",
+        "access_log off;",
+        "proxy_set_header X-Forwarded-Proto $synapse_forwarded_proto;",
+    ):
         assert f"    {line}\n" in config, line
     default = render_nginx_config(build("one-of-each"), NginxSettings())
     assert "set_real_ip_from" not in default and "X-Forwarded-Proto $scheme;" in default
@@ -400,16 +430,19 @@ def test_1000_workers_render_deterministically() -> None:
     assert len(routes.locations) < 200  # locations do not grow with workers
 
 
-@pytest.mark.parametrize(("field", "value", "key"), [
-    ("listen_addresses", ("localhost",), "matrix_synapse_nginx_listen_addresses"),
-    ("listen_addresses", (), "matrix_synapse_nginx_listen_addresses"),
-    ("listen_port", 70000, "matrix_synapse_nginx_listen_port"),
-    ("server_names", ("a.org; return 200",), "matrix_synapse_nginx_server_names"),
-    ("trusted_proxies", ("10.0.0.0/33",), "matrix_synapse_nginx_trusted_proxies"),
-    ("client_max_body_size", "50M; x", "matrix_synapse_nginx_client_max_body_size"),
-    ("access_log", "relative.log", "matrix_synapse_nginx_access_log"),
-    ("access_log", "/var/log/a b.log", "matrix_synapse_nginx_access_log"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("field", "value", "key"),
+    [
+        ("listen_addresses", ("localhost",), "matrix_synapse_nginx_listen_addresses"),
+        ("listen_addresses", (), "matrix_synapse_nginx_listen_addresses"),
+        ("listen_port", 70000, "matrix_synapse_nginx_listen_port"),
+        ("server_names", ("a.org; return 200",), "matrix_synapse_nginx_server_names"),
+        ("trusted_proxies", ("10.0.0.0/33",), "matrix_synapse_nginx_trusted_proxies"),
+        ("client_max_body_size", "50M; x", "matrix_synapse_nginx_client_max_body_size"),
+        ("access_log", "relative.log", "matrix_synapse_nginx_access_log"),
+        ("access_log", "/var/log/a b.log", "matrix_synapse_nginx_access_log"),
+    ],
+)
 def test_bad_nginx_settings_are_refused_naming_the_key(field: str, value: Any, key: str) -> None:
     nginx = NginxSettings(**{field: value})
     assert [p.split(" = ")[0] for p in nginx.problems()] == [key]
@@ -419,6 +452,12 @@ def test_bad_nginx_settings_are_refused_naming_the_key(field: str, value: Any, k
 
 def test_good_nginx_settings_have_no_problems() -> None:
     assert NginxSettings().problems() == []
-    good = NginxSettings(("0.0.0.0", "::"), 443, ("matrix.example.org", "*.example.org"),
-                         ("10.0.0.0/8", "::1"), "1g", None)  # fmt: skip
+    good = NginxSettings(
+        ("0.0.0.0", "::"),
+        443,
+        ("matrix.example.org", "*.example.org"),
+        ("10.0.0.0/8", "::1"),
+        "1g",
+        None,
+    )
     assert good.problems() == []

@@ -29,21 +29,26 @@ def test_nothing_changed_means_no_action() -> None:
 
 
 def test_a_workers_own_file_restarts_only_that_worker() -> None:
-    actions = plan_service_actions([Change("/w/generic-1.yaml", frozenset({"generic-1"}))],
-                                   WORKERS, all_up())  # fmt: skip
+    actions = plan_service_actions(
+        [Change("/w/generic-1.yaml", frozenset({"generic-1"}))], WORKERS, all_up()
+    )
     assert actions.commands() == [["systemctl", "restart", worker_unit("generic-1")]]
 
 
 def test_shared_config_restarts_main_first_then_every_worker_in_one_command() -> None:
-    actions = plan_service_actions([Change("/hs.yaml", frozenset({EVERY_PROCESS}))], WORKERS,
-                                   all_up())  # fmt: skip
-    assert actions.commands() == [["systemctl", "restart", MAIN_UNIT],
-                                  ["systemctl", "restart", *map(worker_unit, WORKERS)]]  # fmt: skip
+    actions = plan_service_actions(
+        [Change("/hs.yaml", frozenset({EVERY_PROCESS}))], WORKERS, all_up()
+    )
+    assert actions.commands() == [
+        ["systemctl", "restart", MAIN_UNIT],
+        ["systemctl", "restart", *map(worker_unit, WORKERS)],
+    ]
 
 
 def test_a_unit_file_change_reloads_systemd_before_restarting() -> None:
-    template = Change("/etc/systemd/system/matrix-synapse-worker@.service",
-                      frozenset(WORKERS), unit_file=True)  # fmt: skip
+    template = Change(
+        "/etc/systemd/system/matrix-synapse-worker@.service", frozenset(WORKERS), unit_file=True
+    )
     commands = plan_service_actions([template], WORKERS, all_up()).commands()
     assert commands[0] == ["systemctl", "daemon-reload"]
     assert commands[1] == ["systemctl", "restart", *map(worker_unit, WORKERS)]
@@ -85,8 +90,10 @@ def test_a_stopped_main_is_started_not_restarted() -> None:
 
 def test_stale_change_rules() -> None:
     assert stale_change("/etc/mx/workers/generic-9.yaml", "/etc/systemd/system") == Change(
-        "/etc/mx/workers/generic-9.yaml", frozenset({"generic-9"}), False)
+        "/etc/mx/workers/generic-9.yaml", frozenset({"generic-9"}), False
+    )
     dropin = "/etc/systemd/system/matrix-synapse-worker@g.service.d/50-pyinfra-synapse-limits.conf"
     assert stale_change(dropin, "/etc/systemd/system/") == Change(dropin, frozenset(), True)
     assert stale_change("/etc/mx/secrets/database.pgpass", "/etc/systemd/system") == Change(
-        "/etc/mx/secrets/database.pgpass", frozenset(), False)
+        "/etc/mx/secrets/database.pgpass", frozenset(), False
+    )

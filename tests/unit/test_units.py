@@ -39,8 +39,10 @@ def fake_root(tmp_path: Path, **overrides: object) -> tuple[Path, list[str]]:
 def verify(root: Path, units: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["systemd-analyze", "verify", "--man=no", "--generators=no", f"--root={root}", *units],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -75,8 +77,11 @@ def test_verify_catches_a_broken_unit(tmp_path: Path) -> None:
 def test_worker_units_are_one_template_with_instances(tmp_path: Path) -> None:
     root, units = fake_root(tmp_path)
     unit_files = sorted(p.name for p in (root / "etc/systemd/system").iterdir())
-    assert unit_files == ["matrix-synapse-worker@.service", "matrix-synapse.service",
-                          "matrix-synapse.target"]  # fmt: skip
+    assert unit_files == [
+        "matrix-synapse-worker@.service",
+        "matrix-synapse.service",
+        "matrix-synapse.target",
+    ]
     text = (root / "etc/systemd/system/matrix-synapse-worker@.service").read_text()
     assert "Type=notify" in text and "%i.yaml" in text and "PartOf=matrix-synapse.target" in text
     assert "Type=notify" in (root / "etc/systemd/system/matrix-synapse.service").read_text()
