@@ -7,13 +7,13 @@ Bad settings stop the run here, while pyinfra prepares, before any operation cha
 from pyinfra import host
 from pyinfra.api.exceptions import PyinfraError
 
-from deploys.configure import configure_synapse
-from deploys.database_deploy import database
-from deploys.facts import MachineId
-from deploys.identity import claim_machine
-from deploys.install_deploy import install
-from deploys.plan import build_plan
-from deploys.settings import SettingsError, parse_settings
+from deploys.components.configure import configure_synapse
+from deploys.components.database import database
+from deploys.components.install import install
+from deploys.core.machines import claim_machine
+from deploys.core.plan import build_plan
+from deploys.core.settings import SettingsError, parse_settings
+from deploys.facts.synapse import MachineId
 
 try:
     settings = parse_settings(host.data.dict())

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from deploys.settings import load_defaults
+from deploys.core.settings import load_defaults
 
 pytest_plugins = ["tests.support.fixtures"]
 

@@ -1,7 +1,7 @@
 """Per-file baseline for the benchmark: the same desired file set, one pyinfra operation per file.
 
 This is how the deploy would look written the obvious pyinfra way: the very files
-``deploys/synapse.py`` writes with the same settings (``deploys.render.desired_state``, same
+``deploys/synapse.py`` writes with the same settings (``deploys.core.render.desired_state``, same
 paths, bytes, modes and owners, the nginx routing file included), each shipped by its own
 ``files.put``, each directory by its own ``files.directory``. It manages files only: no secrets,
 no systemd actions, no nginx reload and no readiness wait (starting units the naive way, one
@@ -18,9 +18,9 @@ from pyinfra import host
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.operations import files, server
 
-from deploys.plan import build_plan
-from deploys.render import desired_state
-from deploys.settings import SettingsError, parse_settings
+from deploys.core.plan import build_plan
+from deploys.core.render import desired_state
+from deploys.core.settings import SettingsError, parse_settings
 
 try:
     settings = parse_settings(host.data.dict())

@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from deploys.settings import REPO_ROOT
+from deploys.core.settings import REPO_ROOT
 from tests.bench.latency_proxy import LatencyProxy
 from tests.support.deploying import install_standin, write_inventory
 from tests.support.testhost import TestHost, ensure_base_tree, missing_prerequisites

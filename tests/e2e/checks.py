@@ -12,12 +12,12 @@ from pathlib import Path
 
 import yaml
 
-from deploys.settings import REPO_ROOT
+from deploys.core.settings import REPO_ROOT
 from tests.support.deploying import Run
 from tests.support.testhost import TestHost
 
-# Only the apply command (archive on stdin, remote_apply.py) contains these.
-APPLY_MARKERS = ("remote_apply.py", "base64 -d")
+# Only the apply command (archive on stdin, the host program) contains these.
+APPLY_MARKERS = ("host.apply", "base64 -d")
 # tests/verify checks that need the real Synapse running, by test function.
 LIVE_CHECKS = (
     "test_listener_is_listening",

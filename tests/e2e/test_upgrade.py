@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from deploys.settings import load_defaults
+from deploys.core.settings import load_defaults
 from tests.e2e.checks import assert_rerun_changes_nothing
 from tests.support.deploying import main_pids, pyinfra, write_inventory
 from tests.support.synapse_tree import (

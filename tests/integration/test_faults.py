@@ -56,7 +56,7 @@ def assert_no_changes(run: Run, host: TestHost) -> None:
     """The README's promise: a rerun reports "No changes" and sends no apply command."""
     assert run.returncode == 0, run.output[-3000:]
     assert "No changes" in run.output, run.output[-3000:]
-    applies = [c for c in run.command_lines.get(host.name, []) if "remote_apply.py" in c]
+    applies = [c for c in run.command_lines.get(host.name, []) if "host.apply" in c]
     assert not applies, applies
 
 
@@ -202,7 +202,7 @@ def test_nginx_refusing_the_new_routing_file_puts_the_old_one_back_and_keeps_ser
 # --- Issue 9: "Atomicity proven, not assumed: SIGKILL the apply at sampled moments while it
 # writes files -> every file old or new, next run converges". The kill comes from inside the host
 # (a watcher that counts the worker files renamed into place by this run and SIGKILLs
-# remote_apply.py at the k-th), so it lands in the write phase, which a cut connection cannot
+# the host program at the k-th), so it lands in the write phase, which a cut connection cannot
 # reach. 1,000 workers (985 generic + 15 one-of-each), the size the deploy promises, killed at
 # two moments (30 % and 70 % of the worker files renamed into place): every kill is followed by a
 # run restarting all 1,000 processes, and a third sample would take the test past four minutes on

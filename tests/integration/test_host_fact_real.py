@@ -16,7 +16,7 @@ WORKERS = {"matrix_synapse_workers_enabled": True}
 
 
 def applies(run, host: TestHost) -> list[str]:
-    return [c for c in run.command_lines.get(host.name, []) if "remote_apply.py" in c]
+    return [c for c in run.command_lines.get(host.name, []) if "host.apply" in c]
 
 
 def test_a_fact_that_cannot_read_the_host_fails_the_run_before_any_change(

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from deploys.plan import build_plan
-from deploys.settings import SettingsError, parse_settings
+from deploys.core.plan import build_plan
+from deploys.core.settings import SettingsError, parse_settings
 from tests.bench.latency_proxy import Cut, LatencyProxy
 from tests.conftest import make_data
 from tests.support.deploying import (

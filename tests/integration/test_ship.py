@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from deploys.plan import build_plan
-from deploys.render import health_ports
-from deploys.settings import REPO_ROOT, parse_settings
+from deploys.core.plan import build_plan
+from deploys.core.render import health_ports
+from deploys.core.settings import REPO_ROOT, parse_settings
 from tests.conftest import make_data
 from tests.support.deploying import (
     STANDIN_SETTINGS,

@@ -34,8 +34,8 @@ from typing import Any
 
 import pytest
 
-from deploys.plan import WorkerPlan
-from deploys.routing import (
+from deploys.core.plan import WorkerPlan
+from deploys.core.routing import (
     UPSTREAM_HEADER,
     NginxSettings,
     render_nginx_config,

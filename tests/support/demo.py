@@ -16,7 +16,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from deploys.settings import REPO_ROOT
+from deploys.core.settings import REPO_ROOT
 from tests.support.deploying import write_inventory
 from tests.support.synapse_tree import E2E_SETTINGS, ensure_synapse_tree
 from tests.support.testhost import TestHost

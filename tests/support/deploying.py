@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deploys.settings import REPO_ROOT
+from deploys.core.settings import REPO_ROOT
 from tests.support.testhost import TestHost
 
 STANDIN = Path(__file__).with_name("standin_synapse.py")
@@ -104,11 +104,11 @@ def pyinfra(tmp_path: Path, inventory: Path, *args: str, timeout: float = 600) -
 
 
 # Only the apply command runs one of these: a run that sent none changed nothing on the host.
-APPLY_MARKERS = ("remote_apply.py", "base64 -d")
+APPLY_MARKERS = ("host.apply", "base64 -d")
 
 
 def apply_commands(run: Run, host_name: str) -> list[str]:
-    """The apply commands (archive in, remote_apply.py) that `run` sent to the host."""
+    """The apply commands (archive in, the host program) that `run` sent to the host."""
     lines = run.command_lines.get(host_name, [])
     return [line for line in lines if any(marker in line for marker in APPLY_MARKERS)]
 

@@ -1,7 +1,8 @@
 """Fault injection on a test host, driven from the host side (tests/integration/test_faults.py).
 
 Everything here observes or disturbs a real deploy from inside the guest: a watcher that SIGKILLs
-``remote_apply.py`` once it has renamed its k-th new file into place, and a referee that holds the
+the host program (``python3 -m host.apply``) once it has renamed its k-th new file into place,
+and a referee that holds the
 deploy lock until two applies wait for it, then records who held the lock when. The scripts run
 with the guest's ``python3`` (standard library only), in a thread of the test via ``host.ssh``,
 and say they are ready by creating a file the test polls for.
@@ -19,10 +20,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from deploys.plan import build_plan
-from deploys.render import DesiredState, desired_state, health_ports, paths_for
-from deploys.services import EVERY_PROCESS, MAIN, worker_name
-from deploys.settings import parse_settings
+from deploys.core.plan import build_plan
+from deploys.core.render import DesiredState, desired_state, health_ports, paths_for
+from deploys.core.settings import parse_settings
+from deploys.host.units import EVERY_PROCESS, MAIN, worker_name
 from tests.conftest import make_data
 from tests.support.deploying import STANDIN_SETTINGS
 from tests.support.testhost import TestHost
@@ -32,7 +33,7 @@ JOURNAL_PATH = "/var/lib/pyinfra-synapse/pending-changes.json"
 TMP_SUFFIX = ".pyinfra-synapse-tmp"
 STANDIN_FAULT_DIR = "/etc/matrix-synapse-standin"
 
-# Finds the host side of a deploy: ``python3 <stage>/remote_apply.py <stage>`` (not the ``sh -c``
+# Finds the host side of a deploy: ``python3 -m host.apply <stage>`` (not the ``sh -c``
 # around it, whose command line names the script too).
 _FIND_APPLIES = r"""
 import os, json
@@ -47,8 +48,8 @@ def applies():
                 argv = f.read().split(b"\0")
         except OSError:
             continue
-        if len(argv) >= 3 and b"python" in argv[0] and argv[1].endswith(b"/remote_apply.py"):
-            found[int(entry)] = argv[2].decode()
+        if len(argv) >= 4 and b"python" in argv[0] and argv[1:3] == [b"-m", b"host.apply"]:
+            found[int(entry)] = argv[3].decode()
     return found
 """
 
@@ -213,17 +214,17 @@ def _start(host: TestHost, script: str, args: list[str], ready: str, timeout: fl
 def kill_apply_after(
     host: TestHost, directories: list[str], files: int, timeout: float = 300
 ) -> Background:
-    """SIGKILL the host's ``remote_apply.py`` as soon as ``files`` files under ``directories``
-    are newer than when the watcher started (written by the run under test)."""
+    """SIGKILL the host program (``python3 -m host.apply``) as soon as ``files`` files under
+    ``directories`` are newer than when the watcher started (written by the run under test)."""
     ready = "/run/faults-kill-watcher.ready"
     args = [",".join(directories), str(files), ready, str(timeout), TMP_SUFFIX]
     return _start(host, _KILL_WATCHER, args, ready, timeout)
 
 
 def hold_lock_until_applies_wait(host: TestHost, applies: int, timeout: float = 300) -> Background:
-    """Hold the deploy lock until ``applies`` ``remote_apply.py`` processes wait for it, release
-    it, and record who held it when (``holds``: pid and time bounds) and when each apply was first
-    seen and gone (``applies``), all by the host's clock."""
+    """Hold the deploy lock until ``applies`` host programs (``python3 -m host.apply``) wait for
+    it, release it, and record who held it when (``holds``: pid and time bounds) and when each
+    apply was first seen and gone (``applies``), all by the host's clock."""
     ready = "/run/faults-referee.ready"
     return _start(host, _REFEREE, [LOCK_PATH, ready, str(applies), str(timeout)], ready, timeout)
 

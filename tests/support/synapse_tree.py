@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deploys.install import install_script
-from deploys.settings import parse_settings
+from deploys.core.install import install_script
+from deploys.core.settings import parse_settings
 from tests.conftest import make_data
 from tests.support.testhost import ensure_derived_tree
 

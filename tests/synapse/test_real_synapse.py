@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from deploys.plan import MAIN, Process, WorkerPlan, build_plan
-from deploys.render import desired_state, paths_for
-from deploys.settings import Settings, parse_settings
+from deploys.core.plan import MAIN, Process, WorkerPlan, build_plan
+from deploys.core.render import desired_state, paths_for
+from deploys.core.settings import Settings, parse_settings
 from tests.conftest import make_data
 
 pytestmark = pytest.mark.synapse

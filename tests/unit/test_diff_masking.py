@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from deploys.operations import SECRET_MASK, mask_secret_values
-from deploys.plan import build_plan
-from deploys.render import desired_state
-from deploys.settings import parse_settings
+from deploys.core.plan import build_plan
+from deploys.core.render import desired_state
+from deploys.core.settings import parse_settings
+from deploys.operations.synapse import SECRET_MASK, mask_secret_values
 from tests.conftest import make_data
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from deploys.facts import MachineId, SynapseHostState
-from deploys.services import UnitState
+from deploys.facts.synapse import MachineId, SynapseHostState
+from deploys.host.units import UnitState
 
 LIST_UNITS = """\
 matrix-synapse.service loaded active running Synapse

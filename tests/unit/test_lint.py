@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from deploys.settings import REPO_ROOT
+from deploys.core.settings import REPO_ROOT
 
 RUFF = Path(sys.executable).with_name("ruff")
 

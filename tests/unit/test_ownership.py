@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from deploys import remote_apply
-from deploys.drift import HostState, RemoteFile, compare
-from deploys.plan import build_plan
-from deploys.render import desired_state
-from deploys.services import is_owned
-from deploys.settings import parse_settings
+from deploys.core.drift import HostState, RemoteFile, compare
+from deploys.core.plan import build_plan
+from deploys.core.render import desired_state
+from deploys.core.settings import parse_settings
+from deploys.host import apply as host_apply
+from deploys.host.units import is_owned
 from tests.conftest import make_data
 
 
@@ -67,12 +67,12 @@ def test_controller_and_host_agree_on_stale_and_foreign_files(tmp_path: Path) ->
         "systemd_dir": settings.systemd_dir,
         "watched_dirs": list(desired.watched_dirs),
     }
-    host_stale = [path for path, _ in remote_apply.stale_files(manifest)]
+    host_stale = [path for path, _ in host_apply.stale_files(manifest)]
 
     assert list(drift.stale) == host_stale == [str(stale)]
     assert (
         set(drift.left_alone)
-        == set(remote_apply.left_alone(manifest))
+        == set(host_apply.left_alone(manifest))
         == {
             str(workers / ".notes.yaml"),
             str(workers / "README"),

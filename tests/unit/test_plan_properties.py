@@ -7,10 +7,10 @@ from typing import Any
 import yaml
 from hypothesis import HealthCheck, given, settings as hyp_settings, strategies as st
 
-from deploys.plan import MAIN, WorkerPlan, build_plan
-from deploys.render import desired_state, paths_for
-from deploys.settings import WORKER_NAME_RE, Settings, parse_settings
-from deploys.worker_types import PRESETS, SPECIALISED_TYPE_KEYS, STREAMS, WORKER_TYPES
+from deploys.core.plan import MAIN, WorkerPlan, build_plan
+from deploys.core.render import desired_state, paths_for
+from deploys.core.settings import WORKER_NAME_RE, Settings, parse_settings
+from deploys.core.worker_types import PRESETS, SPECIALISED_TYPE_KEYS, STREAMS, WORKER_TYPES
 from tests.conftest import make_data
 from tests.unit.test_settings import (
     assert_no_two_listeners_share_a_port,

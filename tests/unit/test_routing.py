@@ -15,9 +15,9 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from deploys import endpoints
-from deploys.plan import WorkerPlan, build_plan
-from deploys.routing import (
+from deploys.core import endpoints
+from deploys.core.plan import WorkerPlan, build_plan
+from deploys.core.routing import (
     MAIN_UPSTREAM,
     POOL_BALANCE,
     REQUESTER_HASH,
@@ -27,8 +27,8 @@ from deploys.routing import (
     nginx_routes,
     render_nginx_config,
 )
-from deploys.settings import SettingsError, parse_settings
-from deploys.worker_types import STREAM_WRITER, STREAMS, WORKER_TYPES, Routing
+from deploys.core.settings import SettingsError, parse_settings
+from deploys.core.worker_types import STREAM_WRITER, STREAMS, WORKER_TYPES, Routing
 from tests.conftest import make_data
 
 # --- Plans ------------------------------------------------------------------------------------

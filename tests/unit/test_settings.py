@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
-from deploys.plan import WorkerPlan, build_plan
-from deploys.render import SECRET_NAMES, desired_state, paths_for
-from deploys.settings import (
+from deploys.core.plan import WorkerPlan, build_plan
+from deploys.core.render import SECRET_NAMES, desired_state, paths_for
+from deploys.core.settings import (
     DEFAULTS_FILE,
     GENERATED_SECRET_KEYS,
     MAX_WORKERS_PER_MACHINE,
@@ -20,7 +20,13 @@ from deploys.settings import (
     load_defaults,
     parse_settings,
 )
-from deploys.worker_types import PRESETS, SPECIALISED_TYPE_KEYS, STREAMS, WORKER_TYPES, WorkerType
+from deploys.core.worker_types import (
+    PRESETS,
+    SPECIALISED_TYPE_KEYS,
+    STREAMS,
+    WORKER_TYPES,
+    WorkerType,
+)
 from tests.conftest import make_data
 
 

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from deploys.plan import build_plan
-from deploys.render import desired_state
-from deploys.settings import parse_settings
+from deploys.core.plan import build_plan
+from deploys.core.render import desired_state
+from deploys.core.settings import parse_settings
 from tests.conftest import make_data
 from tests.support.deploying import STANDIN
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from deploys.plan import build_plan
-from deploys.render import desired_state
-from deploys.settings import parse_settings
+from deploys.core.plan import build_plan
+from deploys.core.render import desired_state
+from deploys.core.settings import parse_settings
 from tests.conftest import make_data
 
 SYSTEMD_UNITS = Path("/usr/lib/systemd/system")

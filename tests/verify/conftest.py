@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from deploys.plan import WorkerPlan, build_plan
-from deploys.render import DesiredState, desired_state, health_urls, paths_for
-from deploys.settings import REPO_ROOT, Settings, parse_settings
+from deploys.core.plan import WorkerPlan, build_plan
+from deploys.core.render import DesiredState, desired_state, health_urls, paths_for
+from deploys.core.settings import REPO_ROOT, Settings, parse_settings
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

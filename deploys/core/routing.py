@@ -44,10 +44,10 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
 
-from deploys import endpoints as ep
-from deploys.plan import Process, WorkerPlan, connect_address
-from deploys.settings import SettingsError, problem
-from deploys.worker_types import STREAMS, Routing
+from deploys.core import endpoints as ep
+from deploys.core.plan import Process, WorkerPlan, connect_address
+from deploys.core.settings import SettingsError, problem
+from deploys.core.worker_types import STREAMS, Routing
 
 MAIN_UPSTREAM: Final = "synapse_main"
 UPSTREAM_HEADER: Final = "X-Synapse-Upstream"  # names the upstream that served each response
@@ -469,8 +469,8 @@ def render_nginx_config(plan: WorkerPlan, nginx: NginxSettings) -> str:
         SettingsError: a bad nginx setting, or nginx would listen where a Synapse process does.
     """
     _check(plan, nginx)
-    # Imported here: deploys.render will import this module to add the file to the host's set.
-    from deploys.render import render_template
+    # Imported here: deploys.core.render will import this module to add the file to the host's set.
+    from deploys.core.render import render_template
 
     return render_template(
         "nginx/synapse-workers.conf.j2",

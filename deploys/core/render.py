@@ -13,10 +13,10 @@ from typing import Any, Final
 import jinja2
 import yaml
 
-from deploys.plan import WORKER_UNIT_TEMPLATE, Listener, Process, WorkerPlan, connect_address
-from deploys.routing import render_nginx_config
-from deploys.services import EVERY_PROCESS, MAIN, TARGET_UNIT
-from deploys.settings import REPO_ROOT, Settings
+from deploys.core.plan import WORKER_UNIT_TEMPLATE, Listener, Process, WorkerPlan, connect_address
+from deploys.core.routing import render_nginx_config
+from deploys.core.settings import REPO_ROOT, Settings
+from deploys.host.units import EVERY_PROCESS, MAIN, TARGET_UNIT
 
 TEMPLATES_DIR: Final = REPO_ROOT / "templates"
 LIMITS_DROPIN: Final = "50-pyinfra-synapse-limits.conf"

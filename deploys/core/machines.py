@@ -9,7 +9,7 @@ other's workers on cleanup, whichever directories they use.
 
 from __future__ import annotations
 
-from deploys.settings import SettingsError
+from deploys.core.settings import SettingsError
 
 _claims: dict[str, str] = {}
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pyinfra.api import deploy
 
-from deploys.operations import apply_desired_state
-from deploys.plan import WorkerPlan
-from deploys.render import desired_state
-from deploys.settings import Settings
+from deploys.core.plan import WorkerPlan
+from deploys.core.render import desired_state
+from deploys.core.settings import Settings
+from deploys.operations.synapse import apply_desired_state
 
 
 @deploy("Configure Synapse and its workers")
@@ -16,7 +16,7 @@ def configure_synapse(settings: Settings, plan: WorkerPlan) -> None:
     Ship every config file, worker file and unit, remove workers no longer planned, and start or
     restart exactly the processes whose configuration changed.
 
-    + settings: validated settings (``deploys.settings.parse_settings``)
+    + settings: validated settings (``deploys.core.settings.parse_settings``)
     + plan: the worker plan built from them
     """
     apply_desired_state(

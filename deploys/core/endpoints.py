@@ -226,7 +226,7 @@ class StreamEndpoints:
         return (*self.writer, *self.get_anywhere)
 
 
-# "Stream writers" (docs), one entry per row of deploys.worker_types.STREAMS.
+# "Stream writers" (docs), one entry per row of deploys.core.worker_types.STREAMS.
 STREAM_ENDPOINTS: Final[Mapping[str, StreamEndpoints]] = MappingProxyType(
     {
         "events": StreamEndpoints(),  # persisters serve no client endpoint

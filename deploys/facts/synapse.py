@@ -8,12 +8,12 @@ from collections.abc import Sequence
 from pyinfra.api import FactBase, QuoteString, StringCommand
 from typing_extensions import override
 
-from deploys.drift import HostState, RemoteFile
-from deploys.services import UnitState
+from deploys.core.drift import HostState, RemoteFile
+from deploys.host.units import UnitState
 
 _SHA_LINE = re.compile(r"^([0-9a-f]{64})  (/.*)$")
 CONTENT_MARKER = "@@pyinfra-synapse-file@@"
-# Written by deploys/remote_apply.py before a run changes files, removed once services are ready.
+# Written by deploys/host/apply.py before a run changes files, removed once services are ready.
 PENDING_PATH = "/var/lib/pyinfra-synapse/pending-changes.json"
 
 
@@ -144,7 +144,7 @@ class SynapseHostState(FactBase[HostState]):
         return state
 
 
-class FileContents(FactBase[dict[str, list[str]]]):
+class FileLines(FactBase[dict[str, list[str]]]):
     """
     Returns the lines of several files, read in one command (for diffs). Missing files are absent.
 
@@ -152,7 +152,7 @@ class FileContents(FactBase[dict[str, list[str]]]):
 
     .. code:: python
 
-        host.get_fact(FileContents, paths=["/etc/matrix-synapse/homeserver.yaml"])
+        host.get_fact(FileLines, paths=["/etc/matrix-synapse/homeserver.yaml"])
     """
 
     default = dict
@@ -163,7 +163,7 @@ class FileContents(FactBase[dict[str, list[str]]]):
             "for f in",
             *[QuoteString(p) for p in paths],
             "; do",
-            f'[ -f "$f" ] && {{ echo "{CONTENT_MARKER} $f"; cat "$f"; echo; }}; done; true',
+            f'if [ -f "$f" ]; then echo "{CONTENT_MARKER} $f"; cat "$f" || exit 1; echo; fi; done',
         )
 
     @override
@@ -179,113 +179,6 @@ class FileContents(FactBase[dict[str, list[str]]]):
             if lines and lines[-1] == "":
                 lines.pop()  # the separator echo
         return contents
-
-
-_SYNAPSE_VERSION = """
-try:
-    import synapse
-except ModuleNotFoundError:
-    pass
-else:
-    print("synapse", synapse.__version__)
-"""
-
-
-class SynapseInstallation(FactBase[dict[str, object]]):
-    """
-    Returns which of the given Debian packages are missing and the Synapse version installed in
-    the virtualenv (None if there is none), in one command.
-
-    + packages: Debian packages that must be installed
-    + venv_path: the Synapse virtualenv
-
-    .. code:: python
-
-        host.get_fact(SynapseInstallation, packages=["redis-server"],
-                      venv_path="/opt/venvs/matrix-synapse")
-    """
-
-    @staticmethod
-    def default() -> dict[str, object]:
-        return {"missing": [], "synapse": None}
-
-    @override
-    def command(self, packages: Sequence[str], venv_path: str) -> StringCommand:
-        python = QuoteString(f"{venv_path.rstrip('/')}/bin/python")
-        return StringCommand(
-            "for p in",
-            *[QuoteString(p) for p in packages],
-            "; do",
-            "dpkg-query -W -f='${Status}' \"$p\" 2>/dev/null | grep -q 'install ok installed'",
-            '|| echo "missing $p"; done;',
-            # No virtualenv or no synapse in it: not installed. Any other failure fails the fact.
-            "if [ -x",
-            python,
-            "]; then",
-            python,
-            "-c",
-            QuoteString(_SYNAPSE_VERSION),
-            "|| exit 1;",
-            "fi",
-        )
-
-    @override
-    def process(self, output: list[str]) -> dict[str, object]:
-        missing = [line.split(" ", 1)[1] for line in output if line.startswith("missing ")]
-        version = next(
-            (line.split(" ", 1)[1] for line in output if line.startswith("synapse ")), None
-        )
-        return {"missing": missing, "synapse": version}
-
-
-class PostgresDatabase(FactBase[dict[str, object]]):
-    """
-    Returns, from the local PostgreSQL server, the role's stored password verifier (or None if
-    the role is missing), whether the database exists with its collation and ctype, and
-    ``max_connections``, in one command.
-
-    + user: the database role
-    + dbname: the database
-
-    .. code:: python
-
-        host.get_fact(PostgresDatabase, user="synapse", dbname="synapse")
-    """
-
-    @staticmethod
-    def default() -> dict[str, object]:
-        return {}
-
-    @override
-    def command(self, user: str, dbname: str) -> StringCommand:
-        def literal(value: str) -> str:
-            return "'" + value.replace("'", "''") + "'"
-
-        queries = [
-            "SELECT 'role', coalesce(rolpassword, '') FROM pg_authid"
-            f" WHERE rolname = {literal(user)}",
-            f"SELECT 'db', datcollate, datctype FROM pg_database WHERE datname = {literal(dbname)}",
-            "SELECT 'max', setting FROM pg_settings WHERE name = 'max_connections'",
-        ]
-        return StringCommand(
-            # Before PostgreSQL is installed there is nothing to read; once it is, errors count.
-            "if command -v psql >/dev/null; then runuser -u postgres -- psql -XAt -F '|'",
-            *[part for q in queries for part in ("-c", QuoteString(q))],
-            "|| exit 1; fi",
-        )
-
-    @override
-    def process(self, output: list[str]) -> dict[str, object]:
-        result: dict[str, object] = {}
-        for line in output:
-            kind, _, rest = line.partition("|")
-            if kind == "role":
-                result["role_verifier"] = rest
-            elif kind == "db":
-                result["collation"] = tuple(rest.split("|"))
-            elif kind == "max":
-                result["max_connections"] = int(rest)
-        return result
 
 
 class MachineId(FactBase[str]):

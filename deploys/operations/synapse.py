@@ -13,26 +13,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pyinfra import host, logger, state
-from pyinfra.api import OperationError, QuoteString, StringCommand, operation
+from pyinfra.api import StringCommand, operation
 from pyinfra.api.util import format_text
 from pyinfra.operations.util.files import generate_color_diff
 
-from deploys.drift import Drift, HostState, compare, sha256
-from deploys.facts import (
-    PENDING_PATH,
-    FileContents,
-    PostgresDatabase,
-    SynapseHostState,
-    SynapseInstallation,
-)
-from deploys.postgres import scram_matches
-from deploys.render import DesiredFile, DesiredState
-from deploys.services import ServiceActions, plan_service_actions
+from deploys.core.drift import Drift, HostState, compare, sha256
+from deploys.core.render import DesiredFile, DesiredState
+from deploys.facts.synapse import PENDING_PATH, FileLines, SynapseHostState
+from deploys.host.units import ServiceActions, plan_service_actions
 
-REMOTE_MODULES = tuple(
-    Path(__file__).with_name(name)
-    for name in ("remote_apply.py", "services.py", "synapse_check.py")
-)
+# The host program: shipped as the package ``host`` and run as ``python3 -m host.apply STAGE``.
+HOST_PACKAGE = Path(__file__).resolve().parent.parent / "host"
 LOCK_PATH = "/run/lock/pyinfra-synapse.lock"
 SECRET_MASK = "<secret: content not shown>"
 
@@ -52,7 +43,7 @@ def apply_desired_state(
     one remote command that carries an archive of the changed files on its standard input,
     whatever the number of workers.
 
-    + desired: the rendered file set (``deploys.render.desired_state``)
+    + desired: the rendered file set (``deploys.core.render.desired_state``)
     + planned_workers: the name of every planned worker
     + account: ``(user, group, home)`` Synapse runs as, created if missing
     + config_dir: Synapse's configuration directory
@@ -109,7 +100,7 @@ def apply_desired_state(
     yield StringCommand(
         'stage=$(mktemp -d) && base64 -d > "$stage/apply.tgz"',
         '&& tar -xzf "$stage/apply.tgz" -C "$stage"',
-        '&& python3 "$stage/remote_apply.py" "$stage"; rc=$?; rm -rf "$stage"; exit $rc',
+        '&& (cd "$stage" && python3 -m host.apply "$stage"); rc=$?; rm -rf "$stage"; exit $rc',
         _stdin=base64.b64encode(archive).decode(),
     )
 
@@ -168,7 +159,7 @@ def _archive(
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6) as tar:
         members = [("manifest.json", json.dumps(manifest).encode())]
-        members += [(m.name, m.read_bytes()) for m in REMOTE_MODULES]
+        members += [(f"host/{m.name}", m.read_bytes()) for m in sorted(HOST_PACKAGE.glob("*.py"))]
         members += [(uploads[f.path], f.content) for f in drift.uploads]
         for name, content in members:
             info = tarfile.TarInfo(name)
@@ -190,7 +181,7 @@ def _read_sha256(host_state: HostState, path: str) -> str | None:
 
 def _show_diff(drift: Drift, actions: ServiceActions, config_dir: str) -> None:
     existing = [f.path for f in drift.modified if not f.secret]
-    old = host.get_fact(FileContents, paths=existing) if existing else {}
+    old = host.get_fact(FileLines, paths=existing) if existing else {}
     for f in drift.new:
         host.log(f"Will create {format_text(f.path, bold=True)}", logger.info)
         _log_lines(generate_color_diff([], _lines(f)), f)
@@ -239,75 +230,3 @@ def mask_secret_values(lines: Sequence[str]) -> list[str]:
 def _log_lines(lines, f: DesiredFile) -> None:
     for line in [f"    {SECRET_MASK}"] if f.secret else lines:
         logger.info(f"  {line}")
-
-
-@operation()
-def install_synapse(packages: Sequence[str], venv_path: str, version: str, script: str):
-    """
-    Install missing Debian packages and the pinned Synapse into its virtualenv, as one command.
-
-    + packages: Debian packages Synapse's host needs
-    + venv_path: the virtualenv the units run Synapse from
-    + version: the matrix-synapse version to have installed (upgraded when it changes)
-    + script: the idempotent install script (``deploys.install.install_script``)
-
-    **Example:**
-
-    .. code:: python
-
-        install_synapse(
-            name="Install Synapse 1.163.2",
-            packages=packages(settings),
-            venv_path=settings.venv_path,
-            version=settings.version,
-            script=install_script(settings),
-        )
-    """
-    installed = host.get_fact(SynapseInstallation, packages=packages, venv_path=venv_path)
-    if not installed["missing"] and installed["synapse"] == version:
-        host.noop(f"matrix-synapse {version} and {len(packages)} packages already installed")
-        return
-    yield StringCommand("sh", "-c", QuoteString(script))
-
-
-@operation()
-def postgres_database(user: str, dbname: str, password: str, max_connections: int, sql: str):
-    """
-    Create the Synapse role and database on the local PostgreSQL (C collation) and size
-    ``max_connections``; set the role's password when it differs. SQL goes on standard input.
-
-    + user: the database role
-    + dbname: the database
-    + password: the role's password (compared with the stored SCRAM verifier, never printed)
-    + max_connections: the server's ``max_connections``; PostgreSQL restarts when it changes
-    + sql: the idempotent setup SQL (``deploys.postgres.setup_sql``)
-
-    **Example:**
-
-    .. code:: python
-
-        postgres_database(
-            name="Create the synapse role and database",
-            user="synapse", dbname="synapse", password=password, max_connections=200,
-            sql=setup_sql(settings, plan),
-        )
-    """
-    current = host.get_fact(PostgresDatabase, user=user, dbname=dbname)
-    collation = current.get("collation")
-    if (
-        scram_matches(current.get("role_verifier"), password)  # type: ignore[arg-type]
-        and collation == ("C", "C")
-        and current.get("max_connections") == max_connections
-    ):
-        host.noop(f"PostgreSQL role {user} and database {dbname} as planned")
-        return
-    if collation not in (None, ("C", "C")):
-        raise OperationError(
-            f"database {dbname} exists with collation {collation}; Synapse needs "
-            "C (recreate it, or point matrix_synapse_database_name elsewhere)"
-        )
-    yield StringCommand(
-        "runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -d postgres", _stdin=sql
-    )
-    if current.get("max_connections") != max_connections:
-        yield StringCommand("systemctl restart postgresql")

@@ -6,8 +6,8 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from deploys.render import DesiredFile, DesiredState
-from deploys.services import Change, UnitState, is_owned, stale_change
+from deploys.core.render import DesiredFile, DesiredState
+from deploys.host.units import Change, UnitState, is_owned, stale_change
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
-"""The pure mapping from "what changed" to systemd actions (deploys/services.py)."""
+"""The pure mapping from "what changed" to systemd actions (deploys/host/units.py)."""
 
 from __future__ import annotations
 
-from deploys.services import (
+from deploys.host.units import (
     EVERY_PROCESS,
     MAIN_UNIT,
     TARGET_UNIT,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import shlex
 from typing import Final
 
-from deploys.settings import Settings
+from deploys.core.settings import Settings
 
 # Debian packages: a venv and what psycopg2 (matrix-synapse[postgres]) compiles against, Redis,
 # nginx for worker routing, curl for health checks.

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
 
-from deploys.services import MAIN, MAIN_UNIT, worker_unit
-from deploys.settings import Settings, SettingsError, WorkerEntry, problem
-from deploys.worker_types import (
+from deploys.core.settings import Settings, SettingsError, WorkerEntry, problem
+from deploys.core.worker_types import (
     STREAM_WRITER,
     STREAM_WRITER_PORT_KEYS,
     STREAMS,
@@ -26,6 +25,7 @@ from deploys.worker_types import (
     Stream,
     WorkerType,
 )
+from deploys.host.units import MAIN, MAIN_UNIT, worker_unit
 
 WORKER_UNIT_TEMPLATE: Final = "matrix-synapse-worker@.service"
 LOWEST_PORT: Final = 1024  # Synapse runs unprivileged

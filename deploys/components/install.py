@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pyinfra.api import deploy
 
-from deploys.install import install_script, packages
-from deploys.operations import install_synapse
-from deploys.settings import Settings
+from deploys.core.install import install_script, packages
+from deploys.core.settings import Settings
+from deploys.operations.install import install_synapse
 
 
 @deploy("Install Synapse")
@@ -15,7 +15,7 @@ def install(settings: Settings) -> None:
     Install Python, Redis, nginx and build dependencies from Debian, and matrix-synapse at the
     pinned version into its virtualenv (upgrading it when the pin changes).
 
-    + settings: validated settings (``deploys.settings.parse_settings``)
+    + settings: validated settings (``deploys.core.settings.parse_settings``)
     """
     install_synapse(
         name=f"Install Synapse {settings.version} and its Debian packages",

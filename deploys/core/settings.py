@@ -16,7 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
-from deploys.worker_types import (
+from deploys.core.worker_types import (
     ACCEPTED_WORKER_APPS,
     PRESETS,
     SPECIALISED_TYPE_KEYS,
@@ -29,9 +29,9 @@ from deploys.worker_types import (
 )
 
 if TYPE_CHECKING:
-    from deploys.routing import NginxSettings
+    from deploys.core.routing import NginxSettings
 
-REPO_ROOT: Final = Path(__file__).resolve().parent.parent
+REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 DEFAULTS_FILE: Final = REPO_ROOT / "group_data" / "all.py"
 
 # A Synapse instance name that is also a systemd instance name and a file name.
@@ -472,7 +472,7 @@ def parse_settings(data: Mapping[str, Any]) -> Settings:
 
 
 def _read_nginx(r: _Reader) -> NginxSettings:
-    from deploys.routing import NginxSettings  # routing imports this module
+    from deploys.core.routing import NginxSettings  # routing imports this module
 
     def strings(key: str) -> tuple[str, ...]:
         value = r.check(

@@ -1,4 +1,4 @@
-"""The host program's steps (deploys/remote_apply.py) run for real, as root, on real files under a
+"""The host program's steps (deploys/host_apply.py) run for real, as root, on real files under a
 temporary root: the manifest and the staged files are built by the controller's own code
 (render -> compare -> operations._archive) and unpacked as the host would. systemd cannot act on
 temporary units, so these tests stop before the systemd step (read_host, ensure_prerequisites,
@@ -28,12 +28,12 @@ from typing import Any
 
 import pytest
 
-from deploys import remote_apply
-from deploys.drift import HostState, RemoteFile, compare
-from deploys.operations import _archive
-from deploys.plan import build_plan
-from deploys.render import desired_state
-from deploys.settings import parse_settings
+from deploys.core.drift import HostState, RemoteFile, compare
+from deploys.core.plan import build_plan
+from deploys.core.render import desired_state
+from deploys.core.settings import parse_settings
+from deploys.host import apply as host_apply
+from deploys.operations.synapse import _archive
 from tests.conftest import make_data
 
 REPO = Path(__file__).resolve().parents[2]
@@ -130,11 +130,11 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def apply_files(manifest: dict[str, Any], stage: Path) -> remote_apply.Work:
+def apply_files(manifest: dict[str, Any], stage: Path) -> host_apply.Work:
     """The host program up to (not including) the systemd step."""
-    work = remote_apply.read_host(manifest, stage)
-    remote_apply.ensure_prerequisites(manifest)
-    remote_apply.change_files(manifest, stage, work)
+    work = host_apply.read_host(manifest, stage)
+    host_apply.ensure_prerequisites(manifest)
+    host_apply.change_files(manifest, stage, work)
     return work
 
 
@@ -185,7 +185,7 @@ def test_a_file_changed_since_the_read_refuses_the_run_before_any_change(root: R
     log = Path(entry(manifest, "/log.yaml")["path"])
     log.write_text(log.read_text().replace("INFO", "DEBUG"))  # ...then another deploy ran
     before = root.files()
-    with pytest.raises(remote_apply.ApplyError) as refused:
+    with pytest.raises(host_apply.ApplyError) as refused:
         apply_files(manifest, stage)
     assert (
         f"{log} changed on the host since this run read it (another deploy ran meanwhile?); "
@@ -200,7 +200,7 @@ def test_an_owned_file_that_appeared_since_the_read_is_not_removed(root: Root) -
     manifest, stage = root.read(matrix_synapse_workers_enabled=False, **LOG_WARNING)
     deployed(root)  # another controller, with workers, ran meanwhile
     before = root.files()
-    with pytest.raises(remote_apply.ApplyError) as refused:
+    with pytest.raises(host_apply.ApplyError) as refused:
         apply_files(manifest, stage)
     assert "appeared on the host since this run read it, and this run would remove it" in str(
         refused.value
@@ -236,9 +236,7 @@ def test_a_missing_staged_copy_is_a_clear_error_before_any_change(root: Root) ->
     log = entry(manifest, "/log.yaml")
     log["payload"] = None  # a controller that saw no change but the host differs
     before = root.files()
-    with pytest.raises(
-        remote_apply.ApplyError, match=f"archive holds no new copy of {log['path']}"
-    ):
+    with pytest.raises(host_apply.ApplyError, match=f"archive holds no new copy of {log['path']}"):
         apply_files(manifest, stage)
     assert root.files() == before and not root.journal.exists()
 
@@ -263,7 +261,7 @@ def test_a_corrupt_journal_fails_the_run_saying_how_to_recover(root: Root, conte
     root.journal.write_bytes(content)
     manifest, stage = root.read(**LOG_WARNING)
     before = root.files()
-    with pytest.raises(remote_apply.ApplyError) as failed:
+    with pytest.raises(host_apply.ApplyError) as failed:
         apply_files(manifest, stage)
     message = str(failed.value)
     assert f"the pending-changes journal {root.journal} is corrupt" in message
@@ -311,7 +309,7 @@ def test_a_write_failing_half_way_puts_back_every_file_and_the_journal(root: Roo
     }
     manifest, stage = root.read(**changed)
     systemd_dir = Path(manifest["systemd_dir"])
-    with immutable(systemd_dir), pytest.raises(remote_apply.ApplyError) as failed:
+    with immutable(systemd_dir), pytest.raises(host_apply.ApplyError) as failed:
         apply_files(manifest, stage)
     message = str(failed.value)
     assert f"cannot write {systemd_dir}/matrix-synapse.service: Operation not permitted" in message
@@ -329,7 +327,7 @@ def test_a_write_failing_on_a_new_file_leaves_no_journal(root: Root) -> None:
     manifest, stage = root.read(**LOG_WARNING, **limits)
     blocked.write_text("in the way\n")
     before = root.files()
-    with pytest.raises(remote_apply.ApplyError) as failed:
+    with pytest.raises(host_apply.ApplyError) as failed:
         apply_files(manifest, stage)
     assert f"cannot write {blocked}/50-pyinfra-synapse-limits.conf: File exists" in str(
         failed.value
@@ -345,7 +343,7 @@ def test_a_refused_check_puts_the_previous_files_back(root: Root) -> None:
     before = root.files()
     manifest, stage = root.read(**LOG_WARNING)
     entry(manifest, "/log.yaml")["check"] = "echo 'no such level' >&2; exit 3"
-    with pytest.raises(remote_apply.ApplyError) as refused:
+    with pytest.raises(host_apply.ApplyError) as refused:
         apply_files(manifest, stage)
     assert (
         "log.yaml (`echo 'no such level' >&2; exit 3`) was refused; the previous files were "
@@ -362,7 +360,7 @@ def test_a_replayed_nginx_change_is_checked(root: Root) -> None:
     manifest, stage = root.read()  # the next run: nothing left to write
     nginx = entry(manifest, "/nginx/conf.d/synapse.conf")
     nginx["check"] = "echo 'nginx: [emerg] unknown directive' >&2; false"  # nginx -t refusing
-    with pytest.raises(remote_apply.ApplyError) as refused:
+    with pytest.raises(host_apply.ApplyError) as refused:
         apply_files(manifest, stage)
     assert f"{nginx['path']} (`{nginx['check']}`) was refused" in str(refused.value)
     assert "unknown directive" in str(refused.value)
@@ -382,7 +380,7 @@ def test_a_replayed_synapse_config_is_checked_with_the_real_synapse(root: Root) 
     apply_files(manifest, stage)  # new files in place, journal written, nothing restarted
     owed = root.journal.read_bytes()
     manifest, stage = root.read(**bad)  # the next run: every file already as planned
-    with pytest.raises(remote_apply.ApplyError) as refused:
+    with pytest.raises(host_apply.ApplyError) as refused:
         apply_files(manifest, stage)
     message = str(refused.value)
     assert (
@@ -462,13 +460,13 @@ def test_health_is_probed_on_an_address_the_listener_binds(
         matrix_synapse_workers_enabled=False,
         matrix_synapse_http_port=port,
     )
-    main = remote_apply.services.MAIN_UNIT
+    main = host_apply.services.MAIN_UNIT
     host = f"[{serve}]" if ":" in serve else serve
     assert readiness["health"][main] == f"http://{host}:{port}/health"
-    assert remote_apply.unit_not_ready(main, ("loaded", "active"), readiness) is not None
+    assert host_apply.unit_not_ready(main, ("loaded", "active"), readiness) is not None
     with serving_health(serve, port):  # bound to that address only
-        assert remote_apply.unit_not_ready(main, ("loaded", "active"), readiness) is None
-        assert "is activating" in remote_apply.unit_not_ready(
+        assert host_apply.unit_not_ready(main, ("loaded", "active"), readiness) is None
+        assert "is activating" in host_apply.unit_not_ready(
             main, ("loaded", "activating"), readiness
         )
 
@@ -476,7 +474,7 @@ def test_health_is_probed_on_an_address_the_listener_binds(
 def test_nginx_started_by_the_run_is_waited_for_by_its_own_criterion(root: Root) -> None:
     port = free_port("127.0.0.1")
     readiness = readiness_for(root, matrix_synapse_nginx_listen_port=port)
-    services = remote_apply.services
+    services = host_apply.services
     up = services.UnitState("loaded", "active", enabled=True)
     units = {
         services.MAIN_UNIT: up,
@@ -487,19 +485,19 @@ def test_nginx_started_by_the_run_is_waited_for_by_its_own_criterion(root: Root)
         "/etc/nginx/conf.d/x.conf", reloads=frozenset({"nginx.service"})
     )
     actions = services.plan_service_actions([nginx_changed], [], units)
-    assert remote_apply.readiness_units(actions) == ["nginx.service"]  # nothing else restarted
+    assert host_apply.readiness_units(actions) == ["nginx.service"]  # nothing else restarted
     assert readiness["reachable"]["nginx.service"] == ["127.0.0.1", port]
-    problem = remote_apply.unit_not_ready("nginx.service", ("loaded", "active"), readiness)
+    problem = host_apply.unit_not_ready("nginx.service", ("loaded", "active"), readiness)
     assert problem is not None and f"127.0.0.1:{port}" in problem
     with socket.create_server(("127.0.0.1", port)):  # nginx listening
-        assert remote_apply.unit_not_ready("nginx.service", ("loaded", "active"), readiness) is None
+        assert host_apply.unit_not_ready("nginx.service", ("loaded", "active"), readiness) is None
     assert (
-        remote_apply.unit_not_ready("nginx.service", ("loaded", "failed"), readiness) == "is failed"
+        host_apply.unit_not_ready("nginx.service", ("loaded", "failed"), readiness) == "is failed"
     )
 
 
 def test_readiness_covers_exactly_the_units_the_run_restarted_or_started() -> None:
-    services = remote_apply.services
+    services = host_apply.services
     up = services.UnitState("loaded", "active", enabled=True)
     workers = ["generic-0", "generic-1", "pusher-0"]
     units = {
@@ -513,7 +511,7 @@ def test_readiness_covers_exactly_the_units_the_run_restarted_or_started() -> No
     nginx = services.Change("/etc/nginx/conf.d/x.conf", reloads=frozenset({"nginx.service"}))
     actions = services.plan_service_actions([change, nginx], workers, units)
     # generic-1 restarted, pusher-0 started; nginx (reloaded) and the others are not waited for.
-    assert remote_apply.readiness_units(actions) == [
+    assert host_apply.readiness_units(actions) == [
         services.worker_unit("generic-1"),
         services.worker_unit("pusher-0"),
     ]
@@ -531,12 +529,12 @@ def test_an_unreachable_redis_is_reported_as_such(tmp_path: Path) -> None:
         "channel": "example.org",
         "subscribers": 3,
     }
-    problem = remote_apply.redis_not_ready(redis)
+    problem = host_apply.redis_not_ready(redis)
     assert problem is not None
     assert problem.startswith(f"cannot reach Redis at 127.0.0.1:{port}: ")
     assert "refused" in problem
     socket_path = str(tmp_path / "redis.sock")
-    problem = remote_apply.redis_not_ready({**redis, "path": socket_path})
+    problem = host_apply.redis_not_ready({**redis, "path": socket_path})
     assert problem is not None and problem.startswith(f"cannot reach Redis at {socket_path}: ")
 
 
@@ -551,7 +549,7 @@ def test_failure_report_never_raises(tmp_path: Path, monkeypatch: pytest.MonkeyP
         script.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     unit = "matrix-synapse-worker@generic-0.service"
-    report = remote_apply.failure_report([unit], every=True)
+    report = host_apply.failure_report([unit], every=True)
     assert f"the state of {unit} could not be read" in report
     assert "Failed to connect to bus" in report
     assert f"--- {unit} is unknown; journal tail:" in report

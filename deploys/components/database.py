@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pyinfra.api import deploy
 
-from deploys.operations import postgres_database
-from deploys.plan import WorkerPlan
-from deploys.postgres import max_connections, setup_sql
-from deploys.settings import Settings
+from deploys.core.plan import WorkerPlan
+from deploys.core.postgres import max_connections, setup_sql
+from deploys.core.settings import Settings
+from deploys.operations.postgres import postgres_database
 
 
 @deploy("PostgreSQL for Synapse")

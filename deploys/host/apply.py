@@ -1,8 +1,8 @@
 """Apply a staged deploy on the host, in one process, under the deploy lock. Standard library only.
 
-The controller (deploys/operations.py) uploads one archive holding this script, deploys/services.py,
-deploys/synapse_check.py, ``manifest.json`` and the new or changed files, and runs
-``python3 remote_apply.py STAGE``. Here:
+The controller (deploys/operations/synapse.py) uploads one archive holding the package
+``deploys/host`` (as ``host/``), ``manifest.json`` and the new or changed files, and runs
+``python3 -m host.apply STAGE`` in the stage directory. Here:
 
 1. take the host lock (flock), waiting up to the manifest's timeout, so runs never interleave;
 2. read the host and refuse, before changing anything, a run whose view is stale: a file that is
@@ -50,10 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __package__:  # imported as deploys.remote_apply (tests): never put deploys/ on sys.path
-    from . import services
-else:  # run as a script on the host: services.py was shipped next to it (sys.path[0])
-    import services
+from . import units as services
 
 TMP_SUFFIX = ".pyinfra-synapse-tmp"
 PREVIOUS_SUFFIX = TMP_SUFFIX + "-previous"  # the replaced file, kept until the checks pass
@@ -537,7 +534,7 @@ def synapse_check_command(
         shlex.quote(a)
         for a in [
             check["python"],
-            str(stage / "synapse_check.py"),
+            str(Path(__file__).with_name("synapse_check.py")),
             check["homeserver"],
             check["conf_d"],
             check["workers_dir"],

@@ -2,7 +2,7 @@
 
 The controller runs it on the fact it read (to decide whether there is anything to do and to
 preview), and the host runs the very same module under the deploy lock on the state it finds
-there (deploys/remote_apply.py), so a concurrent run can never make it act on a stale view.
+there (deploys/host/apply.py), so a concurrent run can never make it act on a stale view.
 
 Rules (Synapse reads its shared settings only at start):
 - ``daemon-reload`` only when a unit file or drop-in changed or was removed, or a unit was disabled;

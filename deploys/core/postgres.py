@@ -13,8 +13,8 @@ import hashlib
 import hmac
 from typing import Final
 
-from deploys.plan import WorkerPlan
-from deploys.settings import Settings
+from deploys.core.plan import WorkerPlan
+from deploys.core.settings import Settings
 
 # Connections beyond the pools: superuser slots, psql and monitoring.
 CONNECTION_HEADROOM: Final = 20

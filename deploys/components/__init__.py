@@ -1,0 +1,2 @@
+"""Component deploys (``@deploy``): install, database, configure;
+called by ``deploys/synapse.py``."""
