@@ -1,4 +1,4 @@
-"""Shared test setup: settings built from the real group_data/all.py defaults."""
+"""Shared test setup: the test-host fixtures, and host data built from group_data/all.py."""
 
 from __future__ import annotations
 
@@ -6,17 +6,9 @@ from typing import Any
 
 import pytest
 
-from deploys.core.settings import load_defaults
+from tests.support.settings_data import make_data
 
 pytest_plugins = ["tests.support.fixtures"]
-
-
-def make_data(**overrides: Any) -> dict[str, Any]:
-    """Host data as pyinfra would see it: group_data/all.py plus overrides."""
-    data = load_defaults()
-    data["matrix_domain"] = "example.org"
-    data.update(overrides)
-    return data
 
 
 @pytest.fixture

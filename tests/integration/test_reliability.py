@@ -12,7 +12,6 @@ import pytest
 from deploys.core.plan import build_plan
 from deploys.core.settings import SettingsError, parse_settings
 from tests.bench.latency_proxy import Cut, LatencyProxy
-from tests.conftest import make_data
 from tests.support.deploying import (
     STANDIN_SETTINGS,
     assert_no_changes,
@@ -20,6 +19,7 @@ from tests.support.deploying import (
     pyinfra,
     write_inventory,
 )
+from tests.support.settings_data import make_data
 from tests.support.testhost import TestHost
 from tests.unit.test_settings import BAD_INPUTS
 

@@ -13,7 +13,6 @@ import pytest
 from deploys.core.plan import build_plan
 from deploys.core.render import health_ports
 from deploys.core.settings import REPO_ROOT, parse_settings
-from tests.conftest import make_data
 from tests.support.deploying import (
     STANDIN_SETTINGS,
     apply_commands,
@@ -24,6 +23,7 @@ from tests.support.deploying import (
     pyinfra,
     write_inventory,
 )
+from tests.support.settings_data import make_data
 from tests.support.testhost import TestHost
 
 pytestmark = pytest.mark.integration

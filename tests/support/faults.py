@@ -24,8 +24,8 @@ from deploys.core.plan import build_plan
 from deploys.core.render import DesiredState, desired_state, health_ports, paths_for
 from deploys.core.settings import parse_settings
 from deploys.host.units import EVERY_PROCESS, MAIN, worker_name
-from tests.conftest import make_data
 from tests.support.deploying import STANDIN_SETTINGS
+from tests.support.settings_data import make_data
 from tests.support.testhost import TestHost
 
 LOCK_PATH = "/run/lock/pyinfra-synapse.lock"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from deploys.core.install import install_script
 from deploys.core.settings import parse_settings
-from tests.conftest import make_data
+from tests.support.settings_data import make_data
 from tests.support.testhost import ensure_derived_tree
 
 # Settings every end-to-end host uses (PostgreSQL installed on the host itself).

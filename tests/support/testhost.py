@@ -7,6 +7,10 @@ boot starts pristine, any number of hosts can share one tree, and each host has 
 reached through a socat bridge on a free ``127.0.0.1`` port. Root logs in with the tree's key, and
 so does ``deploy``, which has passwordless sudo (for pyinfra ``_sudo`` deploys).
 
+The harness is four modules: this one (``TestHost``: boot, ssh, stop, reap; the CLI),
+``testhost_trees.py`` (the cached trees and their recipes), ``testhost_cgroups.py`` (cgroups,
+processes, ports, prerequisites) and ``testhost_env.py`` (directories, errors, the Debian mirror).
+
 Usage::
 
     from tests.support.testhost import TestHost, ensure_derived_tree
@@ -38,7 +42,8 @@ the guest's hostname, its cgroups (``/sys/fs/cgroup/*/testhost/NAME``) and its r
 Environment variables:
 
 - ``PYINFRA_SYNAPSE_CACHE``: tree cache (default ``/var/cache/pyinfra-synapse``). An entry is
-  ``<name>@<version>/{rootfs,id_ed25519,id_ed25519.pub}``. Bump `BASE_VERSION` when the recipe
+  ``<name>@<version>/{rootfs,id_ed25519,id_ed25519.pub}``. Bump `BASE_VERSION` (in
+  ``testhost_trees.py``) when the recipe
   changes; building a new version prunes older ones unless a running host uses them.
 - ``PYINFRA_SYNAPSE_RUN``: run files (default ``/run/pyinfra-synapse/NAME``): console.log,
   bridge.log, ssh_config, state.json and ssh control sockets. Removed on stop.
@@ -58,501 +63,60 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
-import fcntl
-import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from tests.support.testhost_cgroups import (
+    _cgroup_dirs,
+    _cgroup_pids,
+    _free_port,
+    _kill_cgroup_leftovers,
+    _listening,
+    _proc_start_time,
+    _remove_cgroups,
+    _signal,
+    _spawn_in_cgroup,
+    _states,
+    _stop_process_group,
+    _wait_gone,
+    missing_prerequisites,
+)
+from tests.support.testhost_env import (
+    _NAME_RE,
+    BOOT_TIMEOUT,
+    STOP_TIMEOUT,
+    SSHCommandError,
+    TestHostError,
+    cache_dir,
+    run_root,
+)
+from tests.support.testhost_trees import ensure_base_tree, ensure_derived_tree, key_for_tree
+
 log = logging.getLogger(__name__)
 
-# Bump when the base recipe below changes: the cache is keyed by it.
-BASE_VERSION = "4"
-SUITE = "bookworm"
-BASE_PACKAGES = (
-    "systemd",
-    "systemd-sysv",
-    "dbus",
-    "openssh-server",
-    "python3",
-    "sudo",
-    "procps",
-    "zstd",
-    # What the deploy routes and waits through with its defaults: nginx and Redis.
-    "nginx-light",
-    "redis-server",
-)
-DEPLOY_USER = "deploy"
-KEY_NAME = "id_ed25519"
 
-DEFAULT_CACHE_DIR = Path("/var/cache/pyinfra-synapse")
-DEFAULT_RUN_DIR = Path("/run/pyinfra-synapse")
-BOOT_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
-
-# Host-side tools and the Debian packages that provide them.
-REQUIRED_TOOLS = {
-    "systemd-nspawn": "systemd-container",
-    "debootstrap": "debootstrap",
-    "socat": "socat",
-    "nsenter": "util-linux",
-    "ssh": "openssh-client",
-    "ssh-keygen": "openssh-client",
-}
-
-# Units that would only add noise or reach for the network inside a short-lived guest.
-MASKED_UNITS = (
-    "apt-daily.timer",
-    "apt-daily-upgrade.timer",
-    "dpkg-db-backup.timer",
-    "e2scrub_all.timer",
-    "fstrim.timer",
-    "e2scrub_reap.service",
-    "systemd-pstore.service",
-    # nginx wants network-online.target: with networkd enabled, wait-online would hold the boot
-    # for two minutes on a guest whose only link is lo.
-    "systemd-networkd-wait-online.service",
-)
-SSHD_CONFIG = "PermitRootLogin prohibit-password\nPasswordAuthentication no\nUseDNS no\n"
-# Docs, man pages and translations are a third of the tree's files, and file creation is what
-# makes copying a tree slow (~0.4 ms per file on the development VMs). Keep dpkg from adding more.
-SLIM_DIRS = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale")
-DPKG_EXCLUDES = "".join(f"path-exclude=/{d}/*\n" for d in SLIM_DIRS)
-
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_CGROUP_BASE = Path("/sys/fs/cgroup")
-# Moves the shell into the cgroups listed in $TESTHOST_CGROUP_PROCS, then execs the real command.
-_CGROUP_EXEC = 'for p in $TESTHOST_CGROUP_PROCS; do echo $$ > "$p" || exit 1; done; exec "$@"'
-
-
-class TestHostError(RuntimeError):
-    """A test host could not be built, booted or stopped."""
-
-    __test__ = False  # not a pytest test class despite the name
-
-
-class SSHCommandError(subprocess.CalledProcessError):
-    """A command run over ssh failed; the message includes its output."""
-
-    def __str__(self) -> str:
-        return f"{super().__str__()}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}"
-
-
-# --------------------------------------------------------------------------- environment
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("PYINFRA_SYNAPSE_CACHE", DEFAULT_CACHE_DIR))
-
-
-def run_root() -> Path:
-    return Path(os.environ.get("PYINFRA_SYNAPSE_RUN", DEFAULT_RUN_DIR))
-
-
-def missing_prerequisites() -> list[str]:
-    """Human-readable reasons why test hosts cannot run here (empty if they can)."""
-    problems = []
-    if os.geteuid() != 0:
-        problems.append("must run as root (systemd-nspawn and cgroup setup need it)")
-    missing = sorted({pkg for tool, pkg in REQUIRED_TOOLS.items() if not shutil.which(tool)})
-    if missing:
-        problems.append(f"missing tools; install with: apt-get install -y {' '.join(missing)}")
-    if not _cgroup_roots():
-        problems.append(f"no usable cgroup hierarchy under {_CGROUP_BASE}")
-    return problems
-
-
-def debian_mirror() -> str:
-    """The Debian mirror this machine already uses (never hard-coded)."""
-    if env := os.environ.get("PYINFRA_SYNAPSE_MIRROR"):
-        return env
-    deb822 = Path("/etc/apt/sources.list.d/debian.sources")
-    if deb822.exists():
-        for line in deb822.read_text().splitlines():
-            if line.startswith("URIs:") and not line.rstrip().endswith("-security"):
-                return line.split()[1]
-    legacy = Path("/etc/apt/sources.list")
-    if legacy.exists():
-        for line in legacy.read_text().splitlines():
-            fields = line.split()
-            if len(fields) >= 3 and fields[0] == "deb" and "security" not in fields[1]:
-                return next(f for f in fields[1:] if not f.startswith("["))
-    raise TestHostError("no Debian mirror found in /etc/apt; set PYINFRA_SYNAPSE_MIRROR")
-
-
-def _run(cmd: Sequence[str | os.PathLike[str]], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    """Run a host command; on failure raise TestHostError with the tail of its output."""
-    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kwargs)
-    if proc.returncode != 0:
-        output = (proc.stdout + proc.stderr).strip().splitlines()[-30:]
-        raise TestHostError(
-            f"{' '.join(map(str, cmd))[:300]} failed (rc={proc.returncode}):\n" + "\n".join(output)
-        )
-    return proc
-
-
-# --------------------------------------------------------------------------- tree cache
-
-
-def key_for_tree(tree: Path) -> Path:
-    """Private key that logs in as root and `deploy` on hosts booted from `tree`."""
-    return tree.parent / KEY_NAME
-
-
-def ensure_base_tree(cache: Path | None = None) -> Path:
-    """Return the cached base rootfs, building it (about 50 s) if this version is not cached."""
-    return _ensure_cached("base", BASE_VERSION, cache or cache_dir(), _build_base)
-
-
-def ensure_derived_tree(
-    name: str,
-    setup_commands: list[str],
-    version: str,
-    cache: Path | None = None,
-    base: Path | None = None,
-) -> Path:
-    """Return a cached rootfs made of the base tree plus `setup_commands`, building it if needed.
-
-    The commands run in order under ``sh -e`` inside the tree (systemd-nspawn, host network,
-    not booted), e.g. ``["apt-get update", "apt-get install -y foo"]``. The cache key includes
-    `version`, the base version and a hash of the commands, so editing either rebuilds it.
-    """
-    cache = cache or cache_dir()
-    base = base or ensure_base_tree(cache)
-    recipe = json.dumps([base.parent.name, setup_commands]).encode()
-    digest = hashlib.sha256(recipe).hexdigest()[:12]
-
-    def build(entry: Path) -> None:
-        _build_derived(entry, base, setup_commands)
-
-    return _ensure_cached(f"derived-{name}", f"{version}-{digest}", cache, build)
-
-
-def _ensure_cached(name: str, version: str, cache: Path, build: Callable[[Path], None]) -> Path:
-    """Build `<cache>/<name>@<version>` once: under a file lock, into a temp dir, then rename."""
-    if not _NAME_RE.match(name.replace("_", "-")):
-        raise ValueError(f"invalid cache entry name {name!r}")
-    entry = cache / f"{name}@{version}"
-    if (entry / "rootfs").is_dir():  # the rename below is the commit point
-        return entry / "rootfs"
-    cache.mkdir(parents=True, exist_ok=True)
-    with _file_lock(cache / f".{name}.lock"):
-        if (entry / "rootfs").is_dir():  # another process built it while we waited
-            return entry / "rootfs"
-        _prune(cache, name)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}@", dir=cache))
-        try:
-            started = time.monotonic()
-            build(tmp)
-            tmp.chmod(0o755)
-            tmp.rename(entry)
-            log.info("built %s in %.1f s", entry, time.monotonic() - started)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return entry / "rootfs"
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _prune(cache: Path, name: str) -> None:
-    """Drop stale versions and half-built leftovers of `name` (caller holds its lock).
-
-    Entries a live test host (of any process) booted from are kept: deleting the lower dir of
-    a running overlay breaks that guest.
-    """
-    in_use = {Path(state["tree"]).parent for state in _live_states()}
-    for path in [*cache.glob(f"{name}@*"), *cache.glob(f".tmp-{name}@*")]:
-        if path in in_use:
-            log.info("keeping stale cache entry %s: a running test host uses it", path)
-            continue
-        log.info("removing stale cache entry %s", path)
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _build_base(entry: Path) -> None:
-    rootfs = entry / "rootfs"
-    _run(
-        [
-            "debootstrap",
-            "--variant=minbase",
-            f"--include={','.join(BASE_PACKAGES)}",
-            SUITE,
-            rootfs,
-            debian_mirror(),
-        ]
-    )
-    key = entry / KEY_NAME
-    _run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pyinfra-synapse-testhost", "-f", key]
-    )
-    _prepare_rootfs(rootfs, Path(f"{key}.pub").read_text())
-    _slim(rootfs)
-
-
-def _prepare_rootfs(rootfs: Path, public_key: str) -> None:
-    (rootfs / "etc/dpkg/dpkg.cfg.d/testhost-slim").write_text(DPKG_EXCLUDES)
-    (rootfs / "etc/ssh/sshd_config.d/testhost.conf").write_text(SSHD_CONFIG)
-    _authorize(rootfs, "root", public_key)
-    _add_sudo_user(rootfs, DEPLOY_USER, public_key)
-    _run(["systemctl", f"--root={rootfs}", "mask", *MASKED_UNITS])
-    # Without /etc/hostname the guest takes nspawn's -M name (debootstrap copied the build host's).
-    (rootfs / "etc/hostname").unlink(missing_ok=True)
-    # A non-empty machine-id avoids first-boot logic on every (volatile) boot.
-    (rootfs / "etc/machine-id").write_text(_run(["systemd-id128", "new"]).stdout)
-
-
-def _authorize(rootfs: Path, user: str, public_key: str) -> None:
-    home = "/root" if user == "root" else f"/home/{user}"
-    ssh_dir = rootfs / home.lstrip("/") / ".ssh"
-    ssh_dir.mkdir(mode=0o700, exist_ok=True)
-    (ssh_dir / "authorized_keys").write_text(public_key)
-    (ssh_dir / "authorized_keys").chmod(0o600)
-    _run(["chroot", rootfs, "chown", "-R", f"{user}:", f"{home}/.ssh"])
-
-
-def _add_sudo_user(rootfs: Path, user: str, public_key: str) -> None:
-    _run(["chroot", rootfs, "useradd", "--create-home", "--shell", "/bin/bash", user])
-    # "*" = no password but not locked ("!"), so sshd accepts key logins whatever UsePAM says.
-    _run(["chroot", rootfs, "usermod", "--password", "*", user])
-    _authorize(rootfs, user, public_key)
-    sudoers = rootfs / "etc/sudoers.d" / user
-    sudoers.write_text(f"{user} ALL=(ALL:ALL) NOPASSWD: ALL\n")
-    sudoers.chmod(0o440)
-    _run(["chroot", rootfs, "visudo", "--check", "--file", f"/etc/sudoers.d/{user}"])
-
-
-def _slim(rootfs: Path) -> None:
-    """Drop .debs, apt indexes (the guests have no network) and docs: 300 MB -> 150 MB."""
-    for pattern in (
-        "var/cache/apt/archives/*.deb",
-        "var/cache/apt/*.bin",
-        "var/lib/apt/lists/*_Packages",
-        "var/lib/apt/lists/*_InRelease",
-    ):
-        for path in rootfs.glob(pattern):
-            path.unlink()
-    for directory in SLIM_DIRS:
-        for path in (rootfs / directory).glob("*"):
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-
-
-def _build_derived(entry: Path, base: Path, setup_commands: list[str]) -> None:
-    rootfs = entry / "rootfs"
-    _run(["cp", "-a", "--reflink=auto", base, rootfs])
-    for suffix in ("", ".pub"):
-        shutil.copy2(key_for_tree(base).with_name(KEY_NAME + suffix), entry / (KEY_NAME + suffix))
-    script = "\n".join(setup_commands)
-    (entry / "setup.sh").write_text(script + "\n")
-    _run_in_tree(rootfs, script)
-    _slim(rootfs)
-
-
-def _build_host_ca_options() -> list[str]:
-    """Let builds trust what this machine trusts (registries may sit behind its egress CA),
-    without writing the machine's CA bundle into the cached tree."""
-    bundle = Path("/etc/ssl/certs/ca-certificates.crt")
-    if not bundle.is_file():
-        return []
-    inside = "/run/build-host-ca.crt"
-    return [
-        f"--bind-ro={bundle}:{inside}",
-        f"--setenv=PIP_CERT={inside}",
-        f"--setenv=SSL_CERT_FILE={inside}",
-        f"--setenv=REQUESTS_CA_BUNDLE={inside}",
-    ]
-
-
-def _run_in_tree(rootfs: Path, script: str) -> None:
-    """Run `script` inside the (not booted) tree with the host's network, e.g. for apt-get."""
-    cgroup = f"build-{os.getpid()}-{time.monotonic_ns() % 10**9}"
-    cmd = [
-        "systemd-nspawn",
-        "--quiet",
-        "-D",
-        str(rootfs),
-        "-M",
-        cgroup,
-        "--register=no",
-        "--keep-unit",
-        "--pipe",
-        "--link-journal=no",
-        "--setenv=DEBIAN_FRONTEND=noninteractive",
-        *_build_host_ca_options(),
-        "/bin/sh",
-        "-ec",
-        script,
-    ]
-    proc = _spawn_in_cgroup(
-        cgroup, cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-        output, _ = proc.communicate()
-    finally:
-        _kill_cgroup_leftovers(cgroup)
-        _remove_cgroups(cgroup)
-    if proc.returncode != 0:
-        tail = "\n".join(output.strip().splitlines()[-30:])
-        raise TestHostError(f"setup commands failed in {rootfs} (rc={proc.returncode}):\n{tail}")
-
-
-# --------------------------------------------------------------------------- cgroups and processes
-
-
-def _stop_process_group(process: subprocess.Popen[bytes], cgroup: str) -> None:
-    if process.returncode is None:  # not reaped yet, so the PID/PGID cannot have been reused
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(2)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    _kill_cgroup_leftovers(cgroup)
-    _remove_cgroups(cgroup)
-
-
-def _cgroup_roots() -> list[Path]:
-    """Hierarchies nspawn uses: name=systemd + unified on hybrid hosts, else the cgroup2 root."""
-    hybrid = [_CGROUP_BASE / "systemd", _CGROUP_BASE / "unified"]
-    if all((p / "cgroup.procs").exists() for p in hybrid):
-        return hybrid
-    if (_CGROUP_BASE / "cgroup.controllers").exists():  # pure cgroup2 host (untested)
-        return [_CGROUP_BASE]
-    return []
-
-
-def _cgroup_dirs(rel: str) -> list[Path]:
-    return [root / "testhost" / rel for root in _cgroup_roots()]
-
-
-def _spawn_in_cgroup(rel: str, cmd: Sequence[str], **popen: Any) -> subprocess.Popen[Any]:
-    """Start `cmd` in its own session inside testhost/<rel> in every hierarchy.
-
-    Own cgroups matter: with --keep-unit and no host systemd, nspawn creates payload/ and
-    supervisor/ under its *current* cgroup, so two hosts launched from one place would share them.
-    """
-    procs = []
-    for path in _cgroup_dirs(rel):
-        path.mkdir(parents=True, exist_ok=True)
-        procs.append(str(path / "cgroup.procs"))
-    env = {**os.environ, "TESTHOST_CGROUP_PROCS": " ".join(procs)}
-    return subprocess.Popen(
-        ["/bin/sh", "-c", _CGROUP_EXEC, "sh", *cmd],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-        **popen,
-    )
-
-
-def _cgroup_pids(rel: str) -> set[int]:
-    """PIDs anywhere below testhost/<rel> (all of them descend from processes we started)."""
-    pids: set[int] = set()
-    for top in _cgroup_dirs(rel):
-        for dirpath, _, _ in os.walk(top):
-            with contextlib.suppress(OSError):
-                pids.update(int(p) for p in Path(dirpath, "cgroup.procs").read_text().split())
-    return pids
-
-
-def _in_cgroup(pid: int, rel: str) -> bool:
-    """True if `pid` is alive and inside testhost/<rel>: guards against PID reuse."""
-    try:
-        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    prefix = f"/testhost/{rel}"
-    inside = any(
-        line.split(":", 2)[2] == prefix or line.split(":", 2)[2].startswith(prefix + "/")
-        for line in lines
-    )
-    return inside and state != "Z"
-
-
-def _signal(pid: int | None, sig: int, rel: str) -> None:
-    """Send `sig` to `pid` only if it is still one of ours (alive and in our cgroup)."""
-    if pid and _in_cgroup(pid, rel):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-
-
-def _wait_gone(pid: int | None, rel: str, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while pid and _in_cgroup(pid, rel):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def _kill_cgroup_leftovers(rel: str, timeout: float = 5.0) -> None:
-    """SIGKILL whatever is still in our cgroups (e.g. orphaned socat children) and wait."""
-    deadline = time.monotonic() + timeout
-    while pids := _cgroup_pids(rel):
-        if time.monotonic() > deadline:
-            raise TestHostError(f"processes {sorted(pids)} still in cgroup testhost/{rel}")
-        for pid in pids:
-            _signal(pid, signal.SIGKILL, rel)
-        time.sleep(0.05)
-
-
-def _remove_cgroups(rel: str) -> None:
-    """rmdir testhost/<rel> and everything the guest created below it, deepest first."""
-    for top in _cgroup_dirs(rel):
-        if not top.exists():
-            continue
-        for dirpath, _, _ in os.walk(top, topdown=False):
-            Path(dirpath).rmdir()
-
-
-def _proc_start_time(pid: int) -> str | None:
-    """Start time of a live process (None if gone or a zombie): a PID-reuse-proof identity."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    # Zombies count as dead: PID 1 on these VMs is slow to reap orphans.
-    return None if fields[0] == "Z" else fields[19]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _listening(port: int) -> bool:
-    """Is something listening on 127.0.0.1:`port` in our netns? (No probe connection needed.)"""
-    wanted = f"0100007F:{port:04X}"
-    with open("/proc/net/tcp") as fh:
-        return any(f[1] == wanted and f[3] == "0A" for f in (line.split() for line in fh))
-
+# What the harness offers (the fixtures and tests import these from here).
+__all__ = [
+    "SSHCommandError",
+    "TestHost",
+    "TestHostError",
+    "_listening",
+    "cache_dir",
+    "ensure_base_tree",
+    "ensure_derived_tree",
+    "key_for_tree",
+    "missing_prerequisites",
+    "reap_stale",
+]
 
 # --------------------------------------------------------------------------- test hosts
 
@@ -952,21 +516,6 @@ def reap_stale() -> list[str]:
             shutil.rmtree(run_root() / state["name"], ignore_errors=True)
             reaped.append(state["name"])
     return reaped
-
-
-def _states() -> list[dict[str, Any]]:
-    """state.json of every host under the run root, plus whether its owning process lives."""
-    states = []
-    for state_file in run_root().glob("*/state.json"):
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            state = json.loads(state_file.read_text())
-            state["owner_alive"] = _proc_start_time(int(state["owner_pid"])) == state["owner_start"]
-            states.append(state)
-    return states
-
-
-def _live_states() -> list[dict[str, Any]]:
-    return [state for state in _states() if state["owner_alive"]]
 
 
 def _reap(state: dict[str, Any]) -> None:

@@ -12,8 +12,8 @@ import yaml
 from deploys.core.plan import build_plan
 from deploys.core.render import desired_state
 from deploys.core.settings import parse_settings
-from tests.conftest import make_data
 from tests.support.deploying import STANDIN
+from tests.support.settings_data import make_data
 
 _spec = importlib.util.spec_from_file_location("standin_synapse", STANDIN)
 assert _spec and _spec.loader
