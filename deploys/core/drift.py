@@ -92,7 +92,7 @@ def compare(desired: DesiredState, host: HostState, secrets: Sequence[str]) -> D
         path
         for path in host.files
         if path not in desired.files
-        and path.rsplit("/", 1)[0] in desired.watched_dirs
+        and path.rsplit("/", 1)[0] in desired.shared_dirs
         and not is_owned(path, desired.owned_globs)
     )
     return Drift(

@@ -16,6 +16,7 @@ import yaml
 from deploys.core.plan import WORKER_UNIT_TEMPLATE, Listener, Process, WorkerPlan, connect_address
 from deploys.core.routing import render_nginx_config
 from deploys.core.settings import REPO_ROOT, Settings
+from deploys.host.manifest import Directory, Readiness, RedisCheck, SynapseCheck
 from deploys.host.units import EVERY_PROCESS, MAIN, TARGET_UNIT
 
 TEMPLATES_DIR: Final = REPO_ROOT / "templates"
@@ -110,38 +111,11 @@ NGINX_UNIT: Final = "nginx.service"
 
 
 @dataclass(frozen=True)
-class Readiness:
-    """How the host proves that each unit a run (re)started is ready; ``timeout`` 0: no waiting.
-
-    Every such unit must be active under systemd; one in ``health`` must also answer ``GET`` on
-    its URL with 200, one in ``reachable`` must accept a TCP connection; and if a Synapse process
-    was (re)started, Redis must count every planned process subscribed. JSON-able: it travels in
-    the manifest as ``dataclasses.asdict``.
-    """
-
-    timeout: int
-    # Synapse unit -> its /health URL, on an address its listener binds.
-    health: dict[str, str] = field(default_factory=dict)
-    # Other unit (nginx) -> (address, port) it listens on.
-    reachable: dict[str, tuple[str, int]] = field(default_factory=dict)
-    # host/port/path, channel and expected subscriber count; None: Redis is not checked.
-    redis: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class DesiredDirectory:
-    path: str
-    mode: int
-    owner: str
-    group: str
-
-
-@dataclass(frozen=True)
 class DesiredState:
     """Everything the deploy owns on one host."""
 
     files: Mapping[str, DesiredFile]
-    directories: tuple[DesiredDirectory, ...]
+    directories: tuple[Directory, ...]
     # Shell globs of files we own; a match that is not in ``files`` is stale and gets removed.
     owned_globs: tuple[str, ...]
     readiness: Readiness
@@ -149,9 +123,9 @@ class DesiredState:
     secrets: tuple[str, ...]
     signing_key: str
     # How the host checks Synapse configs before restarting (None: no check).
-    synapse_check: Mapping[str, str] | None
+    synapse_check: SynapseCheck | None
     # Directories we write into but share: files there that are not ours are listed, never touched.
-    watched_dirs: tuple[str, ...] = ()
+    shared_dirs: tuple[str, ...] = ()
 
 
 @functools.cache
@@ -238,12 +212,12 @@ def desired_state(settings: Settings, plan: WorkerPlan) -> DesiredState:
         )
     synapse_check = None
     if settings.config_check:
-        synapse_check = {
-            "python": posixpath.join(settings.venv_path, "bin", "python"),
-            "homeserver": paths.homeserver,
-            "conf_d": paths.conf_d,
-            "workers_dir": paths.workers_dir,
-        }
+        synapse_check = SynapseCheck(
+            python=posixpath.join(settings.venv_path, "bin", "python"),
+            homeserver=paths.homeserver,
+            conf_d=paths.conf_d,
+            workers_dir=paths.workers_dir,
+        )
     return DesiredState(
         files,
         _directories(settings, paths),
@@ -295,13 +269,13 @@ def _readiness(settings: Settings, plan: WorkerPlan) -> Readiness:
         timeout=settings.readiness_timeout,
         health=health_urls(plan),
         reachable=reachable,
-        redis={
-            "host": redis.host,
-            "port": redis.port,
-            "path": redis.path,
-            "channel": settings.domain,
-            "subscribers": len(plan.processes),
-        },
+        redis=RedisCheck(
+            host=redis.host,
+            port=redis.port,
+            path=redis.path,
+            channel=settings.domain,
+            subscribers=len(plan.processes),
+        ),
     )
 
 
@@ -367,15 +341,15 @@ def _add_units(settings: Settings, plan: WorkerPlan, paths: Paths, add: Any) -> 
         )
 
 
-def _directories(settings: Settings, paths: Paths) -> tuple[DesiredDirectory, ...]:
+def _directories(settings: Settings, paths: Paths) -> tuple[Directory, ...]:
     user, group = settings.user, settings.group
     return (
-        DesiredDirectory(paths.config_dir, 0o750, "root", group),
-        DesiredDirectory(paths.conf_d, 0o750, "root", group),
-        DesiredDirectory(paths.workers_dir, 0o750, "root", group),
-        DesiredDirectory(paths.secrets_dir, 0o700, user, group),
-        DesiredDirectory(settings.data_dir, 0o750, user, group),
-        DesiredDirectory(settings.media_store_path, 0o750, user, group),
+        Directory(paths.config_dir, 0o750, "root", group),
+        Directory(paths.conf_d, 0o750, "root", group),
+        Directory(paths.workers_dir, 0o750, "root", group),
+        Directory(paths.secrets_dir, 0o700, user, group),
+        Directory(settings.data_dir, 0o750, user, group),
+        Directory(settings.media_store_path, 0o750, user, group),
     )
 
 

@@ -120,7 +120,7 @@ def _archive(
     manifest = {
         "lock_path": LOCK_PATH,
         "pending_path": PENDING_PATH,
-        "watched_dirs": list(desired.watched_dirs),
+        "watched_dirs": list(desired.shared_dirs),
         "lock_timeout": lock_timeout,
         "user": user,
         "group": group,
@@ -131,7 +131,9 @@ def _archive(
         ],
         "secrets": list(desired.secrets),
         "signing_key": desired.signing_key,
-        "synapse_check": dict(desired.synapse_check) if desired.synapse_check else None,
+        "synapse_check": dataclasses.asdict(desired.synapse_check)
+        if desired.synapse_check
+        else None,
         "files": [
             {
                 "path": f.path,

@@ -65,7 +65,7 @@ def test_controller_and_host_agree_on_stale_and_foreign_files(tmp_path: Path) ->
         "files": [{"path": p} for p in desired.files],
         "owned_globs": list(desired.owned_globs),
         "systemd_dir": settings.systemd_dir,
-        "watched_dirs": list(desired.watched_dirs),
+        "watched_dirs": list(desired.shared_dirs),
     }
     host_stale = [path for path, _ in host_apply.stale_files(manifest)]
 
