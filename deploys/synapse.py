@@ -23,7 +23,7 @@ try:
 except SettingsError as error:
     raise PyinfraError(f"{host.name}: {error}") from None
 
-if settings.install_enabled:
+if settings.install.enabled:
     install(settings)
 if settings.database.install_postgresql:
     database(settings, plan)

@@ -18,9 +18,9 @@ def install(settings: Settings) -> None:
     + settings: validated settings (``deploys.core.settings.parse_settings``)
     """
     install_synapse(
-        name=f"Install Synapse {settings.version} and its Debian packages",
+        name=f"Install Synapse {settings.install.version} and its Debian packages",
         packages=packages(settings),
-        venv_path=settings.venv_path,
-        version=settings.version,
+        venv_path=settings.install.venv_path,
+        version=settings.install.version,
         script=install_script(settings),
     )

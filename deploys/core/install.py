@@ -34,7 +34,7 @@ def packages(settings: Settings) -> tuple[str, ...]:
 
 
 def synapse_requirement(settings: Settings) -> str:
-    return f"matrix-synapse[postgres,redis]=={settings.version}"
+    return f"matrix-synapse[postgres,redis]=={settings.install.version}"
 
 
 def install_script(settings: Settings) -> str:
@@ -43,8 +43,8 @@ def install_script(settings: Settings) -> str:
     It changes nothing when everything is present, and prints one ``pyinfra-synapse:`` line per
     change it makes.
     """
-    venv = shlex.quote(settings.venv_path)
-    version = shlex.quote(settings.version)
+    venv = shlex.quote(settings.install.venv_path)
+    version = shlex.quote(settings.install.version)
     requirement = shlex.quote(synapse_requirement(settings))
     wanted = " ".join(packages(settings))
     return f"""set -eu

@@ -1,8 +1,8 @@
 """Turn ``Settings`` into a worker plan: every process, its listeners and the shared worker config.
 
 Pure: no pyinfra imports. ``build_plan`` also enforces what Synapse itself does not check
-(synapse-workers.md §3.4): unique ports across every listener on a machine, ports in range, and
-every name that a shared setting references belongs to a planned worker.
+(synapse-workers.md §3.4): unique ports across every listener on a machine (nginx's too), ports in
+range, and every name that a shared setting references belongs to a planned worker.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from types import MappingProxyType
 from typing import Final
 
 from deploys.core.settings import Settings, SettingsError, WorkerEntry, problem
+from deploys.core.settings.reader import HIGHEST_PORT, LOWEST_PORT
+from deploys.core.settings.worker_list import ENABLED_LIST_KEY
 from deploys.core.worker_types import (
     STREAM_WRITER,
     STREAM_WRITER_PORT_KEYS,
@@ -28,7 +30,6 @@ from deploys.core.worker_types import (
 from deploys.host.units import MAIN, MAIN_UNIT, worker_unit
 
 WORKER_UNIT_TEMPLATE: Final = "matrix-synapse-worker@.service"
-LOWEST_PORT: Final = 1024  # Synapse runs unprivileged
 MAX_PORT_PROBLEMS: Final = 10
 
 
@@ -110,9 +111,16 @@ class SharedWorkerConfig:
 
 @dataclass(frozen=True)
 class WorkerPlan:
+    """The Synapse processes of one machine and the shared config that ties them together.
+
+    ``nginx`` is the listener of the nginx server in front of them (None when nginx is off): not a
+    Synapse process, but its port is checked with theirs.
+    """
+
     main: Process
     workers: tuple[Process, ...]
     shared: SharedWorkerConfig
+    nginx: Listener | None
 
     @property
     def processes(self) -> tuple[Process, ...]:
@@ -142,48 +150,61 @@ def build_plan(settings: Settings, machine: str) -> WorkerPlan:
     """
     main = _main_process(settings, machine)
     workers = tuple(_workers(settings, machine))
-    _check_ports((main, *workers))
+    nginx = _nginx_listener(settings)
+    _check_ports((main, *workers), nginx)
     shared = _shared_config(settings, main, workers)
     missing = shared.referenced_names() - {w.name for w in workers}
     if missing:  # a bug in this module, not bad input: every name comes from the worker list
         raise AssertionError(f"shared config names unplanned workers: {sorted(missing)}")
-    return WorkerPlan(main, workers, shared)
+    return WorkerPlan(main=main, workers=workers, shared=shared, nginx=nginx)
 
 
 def _main_process(settings: Settings, machine: str) -> Process:
     listeners = [
         Listener(
-            "http",
-            settings.http_port,
-            settings.bind_addresses,
-            ("client", "federation"),
-            settings.x_forwarded,
-            "matrix_synapse_http_port",
+            purpose="http",
+            port=settings.http_port,
+            bind_addresses=settings.bind_addresses,
+            resources=("client", "federation"),
+            x_forwarded=settings.x_forwarded,
+            source="matrix_synapse_http_port",
         )
     ]
     if settings.workers.enabled:
         listeners.append(
-            Listener(
-                "replication",
-                settings.replication_port,
-                settings.replication_bind_addresses,
-                ("replication",),
-                False,
-                "matrix_synapse_replication_http_port",
+            _listener(
+                settings,
+                purpose="replication",
+                port=settings.replication_port,
+                resources=(),
+                source="matrix_synapse_replication_http_port",
             )
         )
     if settings.metrics_enabled:
         listeners.append(
-            Listener(
-                "metrics",
-                settings.metrics_port,
-                settings.metrics_bind_addresses,
-                (),
-                False,
-                "matrix_synapse_metrics_port",
+            _listener(
+                settings,
+                purpose="metrics",
+                port=settings.metrics_port,
+                resources=(),
+                source="matrix_synapse_metrics_port",
             )
         )
-    return Process(MAIN, None, machine, tuple(listeners))
+    return Process(name=MAIN, worker_type=None, machine=machine, listeners=tuple(listeners))
+
+
+def _nginx_listener(settings: Settings) -> Listener | None:
+    nginx = settings.nginx
+    if not nginx.enabled:
+        return None
+    return Listener(
+        purpose="http",
+        port=nginx.listen_port,
+        bind_addresses=nginx.listen_addresses,
+        resources=(),
+        x_forwarded=False,
+        source="matrix_synapse_nginx_listen_port",
+    )
 
 
 @dataclass(frozen=True)
@@ -220,10 +241,13 @@ def _specs_from_counts(settings: Settings) -> Iterator[_Spec]:
             yield from _stream_writer_specs(w.stream_counts, port)
         for index in range(w.counts[t.key]):
             yield _Spec(
-                f"{t.name_prefix}-{index}",
-                t,
-                None,
-                {"http": port(t.http_port_key, index), "metrics": port(t.metrics_port_key, index)},
+                name=f"{t.name_prefix}-{index}",
+                worker_type=t,
+                stream=None,
+                ports={
+                    "http": port(t.http_port_key, index),
+                    "metrics": port(t.metrics_port_key, index),
+                },
             )
 
 
@@ -233,10 +257,10 @@ def _stream_writer_specs(stream_counts: Mapping[str, int], port) -> Iterator[_Sp
     for stream in STREAMS:
         for _ in range(stream_counts[stream.name]):
             yield _Spec(
-                f"stream-writer-{index}-{stream.name.replace('_', '-')}",
-                STREAM_WRITER,
-                stream,
-                {
+                name=f"stream-writer-{index}-{stream.name.replace('_', '-')}",
+                worker_type=STREAM_WRITER,
+                stream=stream,
+                ports={
                     "http": port(STREAM_WRITER_PORT_KEYS["http"], index)
                     if stream.webserving
                     else (None, ""),
@@ -248,15 +272,15 @@ def _stream_writer_specs(stream_counts: Mapping[str, int], port) -> Iterator[_Sp
 
 
 def _specs_from_list(entries: tuple[WorkerEntry, ...]) -> Iterator[_Spec]:
-    key = "matrix_synapse_workers_enabled_list"
+    key = ENABLED_LIST_KEY
     for index, e in enumerate(entries):
         t = WORKER_TYPES_BY_KEY[e.type_key]
         source = f"{key}[{index}]"
         yield _Spec(
-            e.name,
-            t,
-            STREAMS_BY_NAME[e.stream] if e.stream else None,
-            {
+            name=e.name,
+            worker_type=t,
+            stream=STREAMS_BY_NAME[e.stream] if e.stream else None,
+            ports={
                 "http": (e.http_port, f"{source}.port"),
                 "replication": (e.replication_port, f"{source}.replication_port"),
                 "metrics": (e.metrics_port, f"{source}.metrics_port"),
@@ -288,61 +312,111 @@ def _process(settings: Settings, machine: str, spec: _Spec, problems: list[str])
                     source or spec.name,
                     port,
                     f"worker {spec.name} needs a {purpose} port; allowed: "
-                    f"an integer from {LOWEST_PORT} to 65535",
+                    f"an integer from {LOWEST_PORT} to {HIGHEST_PORT}",
                 )
             )
             continue
-        listeners.append(_listener(settings, purpose, port, resources, source))
-    return Process(spec.name, t, machine, tuple(listeners), stream, media)
+        listeners.append(
+            _listener(settings, purpose=purpose, port=port, resources=resources, source=source)
+        )
+    return Process(
+        name=spec.name,
+        worker_type=t,
+        machine=machine,
+        listeners=tuple(listeners),
+        stream=stream,
+        media=media,
+    )
 
 
 def _listener(
-    settings: Settings, purpose: str, port: int, resources: tuple[str, ...], source: str
+    settings: Settings, *, purpose: str, port: int, resources: tuple[str, ...], source: str
 ) -> Listener:
     if purpose == "replication":
         return Listener(
-            purpose, port, settings.replication_bind_addresses, ("replication",), False, source
+            purpose=purpose,
+            port=port,
+            bind_addresses=settings.replication_bind_addresses,
+            resources=("replication",),
+            x_forwarded=False,
+            source=source,
         )
     if purpose == "metrics":
-        return Listener(purpose, port, settings.metrics_bind_addresses, (), False, source)
-    return Listener(purpose, port, settings.bind_addresses, resources, settings.x_forwarded, source)
+        return Listener(
+            purpose=purpose,
+            port=port,
+            bind_addresses=settings.metrics_bind_addresses,
+            resources=(),
+            x_forwarded=False,
+            source=source,
+        )
+    return Listener(
+        purpose=purpose,
+        port=port,
+        bind_addresses=settings.bind_addresses,
+        resources=resources,
+        x_forwarded=settings.x_forwarded,
+        source=source,
+    )
 
 
-def _check_ports(processes: tuple[Process, ...]) -> None:
+def _check_ports(processes: tuple[Process, ...], nginx: Listener | None) -> None:
+    """Every listener on the machine, nginx's included, in range and on a port of its own.
+
+    Synapse's listeners get one port each whatever their addresses (the documented layout, and
+    ``instance_map`` names a process by port). nginx collides with one only where their addresses
+    overlap (the same address, or either unspecified): that is where the kernel would refuse it.
+    nginx comes last, so a collision names its setting and the Synapse one it meets.
+    """
+    sockets = [(p.name, p.machine, listener) for p in processes for listener in p.listeners]
+    if nginx is not None:
+        sockets.append(("nginx", processes[0].machine, nginx))
     problems: list[str] = []
-    owners: dict[tuple[str, int], tuple[Process, Listener]] = {}
-    for process in processes:
-        for listener in process.listeners:
-            if not LOWEST_PORT <= listener.port <= 65535:
-                problems.append(
-                    problem(
-                        listener.source,
-                        listener.port,
-                        f"{process.name} would get {listener.purpose} port "
-                        f"{listener.port}; allowed: {LOWEST_PORT} to 65535",
-                    )
+    owners: dict[tuple[str, int], list[tuple[str, Listener]]] = {}
+    for name, machine, listener in sockets:
+        if listener is not nginx and not LOWEST_PORT <= listener.port <= HIGHEST_PORT:
+            problems.append(
+                problem(
+                    listener.source,
+                    listener.port,
+                    f"{name} would get {listener.purpose} port "
+                    f"{listener.port}; allowed: {LOWEST_PORT} to {HIGHEST_PORT}",
                 )
-                continue
-            slot = (process.machine, listener.port)
-            if slot in owners:
-                other, other_listener = owners[slot]
-                problems.append(
-                    problem(
-                        listener.source,
-                        listener.port,
-                        f"{process.name} ({listener.purpose}) would listen on port "
-                        f"{listener.port}, "
-                        f"already taken by {other.name} ({other_listener.purpose}, from "
-                        f"{other_listener.source}); allowed: a port no other listener uses",
-                    )
+            )
+            continue
+        slot = owners.setdefault((machine, listener.port), [])
+        taken = next(
+            (
+                (other, other_listener)
+                for other, other_listener in slot
+                if listener is not nginx or _overlap(listener, other_listener)
+            ),
+            None,
+        )
+        if taken is not None:
+            other, other_listener = taken
+            problems.append(
+                problem(
+                    listener.source,
+                    listener.port,
+                    f"{name} ({listener.purpose}) would listen on port {listener.port}, "
+                    f"already taken by {other} ({other_listener.purpose}, from "
+                    f"{other_listener.source}); allowed: a port no other listener uses",
                 )
-                continue
-            owners[slot] = (process, listener)
+            )
+            continue
+        slot.append((name, listener))
     if len(problems) > MAX_PORT_PROBLEMS:  # one bad range start can collide a thousand times
         extra = len(problems) - MAX_PORT_PROBLEMS
         problems = [*problems[:MAX_PORT_PROBLEMS], f"... and {extra} more port problems"]
     if problems:
         raise SettingsError(problems)
+
+
+def _overlap(a: Listener, b: Listener) -> bool:
+    ours = [ipaddress.ip_address(x) for x in a.bind_addresses]
+    theirs = [ipaddress.ip_address(x) for x in b.bind_addresses]
+    return any(x == y or x.is_unspecified or y.is_unspecified for x in ours for y in theirs)
 
 
 def connect_address(bind_addresses: tuple[str, ...]) -> str:

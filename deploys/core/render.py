@@ -1,5 +1,8 @@
 """Render every file the deploy writes on a host: path -> content, mode, owner, and what a change
 to it means for the services. Pure: templates in, bytes out; nothing here talks to a host.
+
+The only module that renders templates (``templates/``): the plan (``deploys.core.plan``) and the
+nginx routes (``deploys.core.routing``) are models; this module turns them into files.
 """
 
 from __future__ import annotations
@@ -14,8 +17,14 @@ import jinja2
 import yaml
 
 from deploys.core.plan import WORKER_UNIT_TEMPLATE, Listener, Process, WorkerPlan, connect_address
-from deploys.core.routing import render_nginx_config
-from deploys.core.settings import REPO_ROOT, Settings
+from deploys.core.routing import (
+    LOG_FORMAT,
+    MAIN_UPSTREAM,
+    UPSTREAM_HEADER,
+    UPSTREAM_HEADER_VARIABLE,
+    nginx_routes,
+)
+from deploys.core.settings import REPO_ROOT, NginxSettings, Settings
 from deploys.host.manifest import Directory, Readiness, RedisCheck, SynapseCheck
 from deploys.host.units import EVERY_PROCESS, MAIN, TARGET_UNIT
 
@@ -146,6 +155,27 @@ def render_template(name: str, **context: Any) -> str:
     return _environment().get_template(name).render(**context)
 
 
+def nginx_config(plan: WorkerPlan, nginx: NginxSettings) -> str:
+    """The nginx ``conf.d`` file routing client and federation traffic for ``plan``.
+
+    Args:
+        plan: the worker plan of one machine (built from the same settings: its port check
+            covered nginx's port).
+        nginx: the checked nginx settings.
+
+    Returns:
+        The file's content: maps, a log format, upstreams and one ``server``.
+    """
+    return render_template(
+        "nginx/synapse-workers.conf.j2",
+        routes=nginx_routes(plan, nginx),
+        main_upstream=MAIN_UPSTREAM,
+        upstream_header=UPSTREAM_HEADER,
+        upstream_header_variable=UPSTREAM_HEADER_VARIABLE,
+        log_format=LOG_FORMAT,
+    )
+
+
 def desired_state(settings: Settings, plan: WorkerPlan) -> DesiredState:
     """The host's whole desired file set for ``plan``.
 
@@ -200,20 +230,20 @@ def desired_state(settings: Settings, plan: WorkerPlan) -> DesiredState:
             restarts=frozenset({worker.name}),
         )
     _add_units(settings, plan, paths, add)
-    if settings.nginx_enabled:
+    if settings.nginx.enabled:
         # nginx reads it at reload; `nginx -t` must pass first, or the old file is put back.
         add(
-            settings.nginx_config_path,
-            render_nginx_config(plan, settings.nginx),
+            settings.nginx.config_path,
+            nginx_config(plan, settings.nginx),
             mode=0o644,
             group="root",
-            reloads=frozenset({"nginx.service"}),
+            reloads=frozenset({NGINX_UNIT}),
             check="nginx -t -q",
         )
     synapse_check = None
     if settings.config_check:
         synapse_check = SynapseCheck(
-            python=posixpath.join(settings.venv_path, "bin", "python"),
+            python=posixpath.join(settings.install.venv_path, "bin", "python"),
             homeserver=paths.homeserver,
             conf_d=paths.conf_d,
             workers_dir=paths.workers_dir,
@@ -261,9 +291,8 @@ def _readiness(settings: Settings, plan: WorkerPlan) -> Readiness:
     if settings.readiness_timeout == 0:
         return Readiness(0)
     reachable = {}
-    if settings.nginx_enabled:
-        nginx = settings.nginx
-        reachable[NGINX_UNIT] = (connect_address(nginx.listen_addresses), nginx.listen_port)
+    if plan.nginx is not None:
+        reachable[NGINX_UNIT] = (connect_address(plan.nginx.bind_addresses), plan.nginx.port)
     redis = settings.redis
     return Readiness(
         timeout=settings.readiness_timeout,
@@ -296,7 +325,7 @@ def _homeserver(settings: Settings, plan: WorkerPlan, paths: Paths) -> str:
 
 
 def _add_units(settings: Settings, plan: WorkerPlan, paths: Paths, add: Any) -> None:
-    python = posixpath.join(settings.venv_path, "bin", "python")
+    python = posixpath.join(settings.install.venv_path, "bin", "python")
     config_args = f"--config-path={paths.homeserver} --config-path={paths.conf_d}/"
     writable = " ".join(
         dict.fromkeys((settings.data_dir, settings.media_store_path, paths.secrets_dir))
@@ -324,10 +353,10 @@ def _add_units(settings: Settings, plan: WorkerPlan, paths: Paths, add: Any) -> 
             unit_file=True,
         )
     limited: list[tuple[Process, Mapping[str, str]]] = []
-    if settings.main_resource_limits:
-        limited.append((plan.main, settings.main_resource_limits))
+    if settings.limits.main:
+        limited.append((plan.main, settings.limits.main))
     for worker in plan.workers:
-        limits = settings.workers.resource_limits.get(worker.worker_type.key)  # type: ignore[union-attr]
+        limits = settings.limits.workers.get(worker.worker_type.key)  # type: ignore[union-attr]
         if limits:
             limited.append((worker, limits))
     for process, limits in limited:

@@ -1,12 +1,14 @@
 """Route Synapse's HTTP traffic to the main process and the workers: nginx's worker routing.
 
-Pure: no pyinfra imports. ``nginx_routes`` turns a worker plan into nginx's building blocks (maps,
-upstreams, an ordered list of regex locations); ``render_nginx_config`` renders them into one
-``conf.d`` file (``templates/nginx/synapse-workers.conf.j2``) holding the upstreams and one
-``server`` for client and federation traffic. nginx tries regex locations in file order and the
-first match wins; ``location /`` (main) takes everything else.
+Pure: no pyinfra imports, no templates. ``nginx_routes`` turns a worker plan and the nginx settings
+into nginx's building blocks (maps, upstreams, an ordered list of regex locations, the server's
+directives); ``deploys.core.render`` renders them into one ``conf.d`` file
+(``templates/nginx/synapse-workers.conf.j2``) holding the upstreams and one ``server`` for client
+and federation traffic. The nginx settings and their checks live in
+``deploys.core.settings.nginx``; the plan's port check covers nginx's port. nginx tries regex
+locations in file order and the first match wins; ``location /`` (main) takes everything else.
 
-Order of the rules (each rule is a list from ``deploys/endpoints.py``):
+Order of the rules (each rule is a list from ``deploys/core/endpoints.py``):
 
 1. main-only paths and single sign-on: main;
 2. each stream's endpoints: its writer, or main when the stream has none (the write handlers
@@ -36,9 +38,7 @@ class's upstream. A new routing class needs a ``POOL_BALANCE`` entry and its rul
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -46,7 +46,7 @@ from typing import Final
 
 from deploys.core import endpoints as ep
 from deploys.core.plan import Process, WorkerPlan, connect_address
-from deploys.core.settings import SettingsError, problem
+from deploys.core.settings import NginxSettings
 from deploys.core.worker_types import STREAMS, Routing
 
 MAIN_UPSTREAM: Final = "synapse_main"
@@ -83,112 +83,9 @@ ZONE_BASE_KB: Final = 64
 ZONE_PER_SERVER_KB: Final = 1
 
 
-_SERVER_NAME_RE: Final = re.compile(r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
-_SIZE_RE: Final = re.compile(r"^[0-9]+[kKmMgG]?$")
-_LOG_PATH_RE: Final = re.compile(r"^/[^\s;{}'\"$\\]*$")
-
-
-def _is_ip(value: object) -> bool:
-    try:
-        ipaddress.ip_address(value)  # type: ignore[arg-type]
-    except ValueError:
-        return False
-    return True
-
-
-def _is_network(value: object) -> bool:
-    try:
-        ipaddress.ip_network(value, strict=False)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
 def _quote(value: str) -> str:
     """``value`` as an nginx double-quoted string (nginx reads ``\\\\`` and ``\\"`` back)."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-@dataclass(frozen=True)
-class NginxSettings:
-    """The nginx settings (``matrix_synapse_nginx_*``).
-
-    Attributes:
-        listen_addresses: addresses the server listens on.
-        listen_port: its port (plain HTTP; put TLS in front).
-        server_names: ``server_name`` values; empty answers any Host.
-        trusted_proxies: addresses or CIDRs of proxies in front of nginx whose
-            ``X-Forwarded-For`` (and ``X-Forwarded-Proto``) nginx believes.
-        client_max_body_size: largest request body (media uploads), nginx syntax.
-        access_log: access log path, or None for none.
-    """
-
-    listen_addresses: tuple[str, ...] = ("127.0.0.1",)
-    listen_port: int = 8088
-    server_names: tuple[str, ...] = ()
-    trusted_proxies: tuple[str, ...] = ()
-    client_max_body_size: str = "50M"
-    access_log: str | None = "/var/log/nginx/matrix-synapse-workers.access.log"
-
-    @property
-    def listen(self) -> tuple[str, ...]:
-        return tuple(f"{_host(a)}:{self.listen_port}" for a in self.listen_addresses)
-
-    @property
-    def server_name(self) -> str:
-        return " ".join(self.server_names) or "_"
-
-    @property
-    def access_log_directive(self) -> str:
-        return f"{self.access_log} {LOG_FORMAT}" if self.access_log else "off"
-
-    @property
-    def forwarded_proto(self) -> str:
-        return "$synapse_forwarded_proto" if self.trusted_proxies else "$scheme"
-
-    def problems(self) -> list[str]:
-        """What is wrong, one ``key = value: allowed`` line each (values go into nginx verbatim)."""
-        port_ok = isinstance(self.listen_port, int) and 1 <= self.listen_port <= 65535
-        log_ok = self.access_log is None or bool(_LOG_PATH_RE.match(str(self.access_log)))
-        checks = (
-            (
-                "listen_addresses",
-                list(self.listen_addresses),
-                bool(self.listen_addresses) and all(map(_is_ip, self.listen_addresses)),
-                "allowed: a non-empty list of IP addresses, e.g. ['127.0.0.1']",
-            ),
-            ("listen_port", self.listen_port, port_ok, "allowed: an integer from 1 to 65535"),
-            (
-                "server_names",
-                list(self.server_names),
-                all(_SERVER_NAME_RE.match(n) for n in self.server_names),
-                "allowed: host names such as 'matrix.example.org' ('*.' prefix allowed); "
-                "[] answers any Host",
-            ),
-            (
-                "trusted_proxies",
-                list(self.trusted_proxies),
-                all(map(_is_network, self.trusted_proxies)),
-                "allowed: a list of IP addresses or CIDRs, e.g. ['10.0.0.0/8']",
-            ),
-            (
-                "client_max_body_size",
-                self.client_max_body_size,
-                bool(_SIZE_RE.match(str(self.client_max_body_size))),
-                "allowed: a size such as '50M' (digits, then k, m or g)",
-            ),
-            (
-                "access_log",
-                self.access_log,
-                log_ok,
-                "allowed: None or an absolute path without spaces or ;{}'\"$\\",
-            ),
-        )
-        return [
-            problem(f"matrix_synapse_nginx_{name}", value, allowed)
-            for name, value, ok, allowed in checks
-            if not ok
-        ]
 
 
 # --- Rules ------------------------------------------------------------------------------------
@@ -239,7 +136,7 @@ def rules() -> tuple[Rule, ...]:
             )
         )
     out += [
-        Rule("GET on any worker, writes on main", ep.GET_ANYWHERE, (), readers),
+        Rule("GET on any worker, writes on main", ep.GET_ANYWHERE, get_targets=readers),
         Rule("media repository (before any federation rule)", ep.MEDIA, (Target(Routing.MEDIA),)),
         Rule("user directory", ep.USER_DIRECTORY, (Target(Routing.USER_DIRECTORY), *readers)),
         Rule("sync, by user", ep.SYNC, (Target(Routing.SYNC), generic)),
@@ -337,10 +234,34 @@ class NginxMap:
 
 
 @dataclass(frozen=True)
+class NginxServer:
+    """The ``server`` block's own directives, from the nginx settings.
+
+    Attributes:
+        listen: ``listen`` values (``host:port``, IPv6 in brackets).
+        server_name: the ``server_name`` value (``_`` answers any Host).
+        trusted_proxies: ``set_real_ip_from`` values (empty: no realip).
+        access_log: the ``access_log`` value (``off``, or a path and the log format).
+        client_max_body_size: its value.
+        forwarded_proto: what ``X-Forwarded-Proto`` upstream says.
+    """
+
+    listen: tuple[str, ...]
+    server_name: str
+    trusted_proxies: tuple[str, ...]
+    access_log: str
+    client_max_body_size: str
+    forwarded_proto: str
+
+
+@dataclass(frozen=True)
 class NginxRoutes:
+    """Everything the nginx routing file holds (``templates/nginx/synapse-workers.conf.j2``)."""
+
     maps: tuple[NginxMap, ...]
     upstreams: tuple[Upstream, ...]
     groups: tuple[LocationGroup, ...]
+    server: NginxServer
 
     @property
     def locations(self) -> tuple[Location, ...]:
@@ -353,60 +274,59 @@ class NginxRoutes:
 # The hash keys. nginx evaluates a map only when an upstream's hash uses its variable.
 _KEY_MAPS: Final = (
     NginxMap(
-        "$uri",
-        "synapse_room",
-        (
+        source="$uri",
+        variable="synapse_room",
+        entries=(
             (_quote(r"~^/_matrix/client/.*?/rooms/([^/]+)"), "$1"),
             (_quote(r"~^/_matrix/client/.*?/(join|knock)/([^/]+)"), "$2"),
             (_quote(r"~^/_matrix/federation/v\d+/[^/]+/([^/]+)"), "$1"),
         ),
-        "$uri",
+        default="$uri",
     ),
     NginxMap(
-        "$arg_access_token",
-        "synapse_query_requester",
-        ((_quote(r"~^syt_([A-Za-z0-9+/%]+?)_"), "$1"),),
-        "$arg_access_token",
+        source="$arg_access_token",
+        variable="synapse_query_requester",
+        entries=((_quote(r"~^syt_([A-Za-z0-9+/%]+?)_"), "$1"),),
+        default="$arg_access_token",
     ),
     NginxMap(
-        "$http_authorization",
-        "synapse_token_requester",
-        (
+        source="$http_authorization",
+        variable="synapse_token_requester",
+        entries=(
             (_quote(r"~*^Bearer\s+syt_([A-Za-z0-9+/]+)_"), "$1"),
             (_quote(r"~*^Bearer\s+(\S+)"), "$1"),
             (_quote(r'~*^X-Matrix\s.*\borigin="?([^",]+)'), "$1"),
         ),
-        "$synapse_query_requester",
+        default="$synapse_query_requester",
     ),
     NginxMap(
-        "$synapse_token_requester",
-        "synapse_requester",
-        (('""', "$remote_addr"),),
-        "$synapse_token_requester",
+        source="$synapse_token_requester",
+        variable="synapse_requester",
+        entries=(('""', "$remote_addr"),),
+        default="$synapse_token_requester",
     ),
 )
 _FORWARDED_PROTO_MAP: Final = NginxMap(
-    "$http_x_forwarded_proto",
-    "synapse_forwarded_proto",
-    (('""', "$scheme"),),
-    "$http_x_forwarded_proto",
+    source="$http_x_forwarded_proto",
+    variable="synapse_forwarded_proto",
+    entries=(('""', "$scheme"),),
+    default="$http_x_forwarded_proto",
 )
 
 
-def nginx_routes(plan: WorkerPlan, nginx: NginxSettings | None = None) -> NginxRoutes:
-    """nginx's maps, upstreams and ordered locations for ``plan``.
+def nginx_routes(plan: WorkerPlan, nginx: NginxSettings) -> NginxRoutes:
+    """nginx's maps, upstreams, ordered locations and server directives for ``plan``.
 
     Args:
-        plan: the worker plan of one machine.
-        nginx: nginx settings (only whether proxies are trusted changes the maps).
+        plan: the worker plan of one machine (its port check covered nginx's port).
+        nginx: the nginx settings.
 
     Returns:
         The routes; with no workers that serve HTTP, no locations (``location /`` is main).
     """
-    nginx = nginx or NginxSettings()
     pools = _pools(plan)
     upstreams: dict[str, Upstream] = {
-        MAIN_UPSTREAM: Upstream(MAIN_UPSTREAM, (_server(plan.main),), None)
+        MAIN_UPSTREAM: Upstream(name=MAIN_UPSTREAM, servers=(_server(plan.main),), balance=None)
     }
 
     def resolve(targets: Iterable[Target]) -> str | None:
@@ -418,7 +338,7 @@ def nginx_routes(plan: WorkerPlan, nginx: NginxSettings | None = None) -> NginxR
             name = _pool_name(target)
             if target.by_room and balance != ROOM_HASH:
                 name, balance = f"{name}_by_room", ROOM_HASH
-            upstreams.setdefault(name, Upstream(name, servers, balance))
+            upstreams.setdefault(name, Upstream(name=name, servers=servers, balance=balance))
             return name
         return None
 
@@ -438,7 +358,15 @@ def nginx_routes(plan: WorkerPlan, nginx: NginxSettings | None = None) -> NginxR
         for regex in rule.regexes:
             if regex not in seen:  # a repeated regex could never match: nginx took the first
                 seen.add(regex)
-                locations.append(Location(regex, upstream, get_upstream, rule.name, variable))
+                locations.append(
+                    Location(
+                        regex=regex,
+                        upstream=upstream,
+                        get_upstream=get_upstream,
+                        rule=rule.name,
+                        variable=variable,
+                    )
+                )
     # Trailing locations to main change nothing: `location /` sends their paths to main too.
     while locations and locations[-1].upstream == MAIN_UPSTREAM and not locations[-1].get_upstream:
         locations.pop()
@@ -449,37 +377,29 @@ def nginx_routes(plan: WorkerPlan, nginx: NginxSettings | None = None) -> NginxR
     for (upstream, get_upstream), variable in splits.items():
         if any(loc.variable == variable for loc in locations):
             choices = tuple((method, get_upstream) for method in READ_METHODS)
-            maps.append(NginxMap("$request_method", variable, choices, upstream))
+            maps.append(
+                NginxMap(
+                    source="$request_method", variable=variable, entries=choices, default=upstream
+                )
+            )
     return NginxRoutes(
-        tuple(maps), tuple(u for u in upstreams.values() if u.name in used), _group(locations)
+        maps=tuple(maps),
+        upstreams=tuple(u for u in upstreams.values() if u.name in used),
+        groups=_group(locations),
+        server=_server_directives(nginx),
     )
 
 
-def render_nginx_config(plan: WorkerPlan, nginx: NginxSettings) -> str:
-    """The nginx ``conf.d`` file routing client and federation traffic for ``plan``.
-
-    Args:
-        plan: the worker plan of one machine.
-        nginx: the nginx settings.
-
-    Returns:
-        The file's content: maps, a log format, upstreams and one ``server``.
-
-    Raises:
-        SettingsError: a bad nginx setting, or nginx would listen where a Synapse process does.
-    """
-    _check(plan, nginx)
-    # Imported here: deploys.core.render will import this module to add the file to the host's set.
-    from deploys.core.render import render_template
-
-    return render_template(
-        "nginx/synapse-workers.conf.j2",
-        routes=nginx_routes(plan, nginx),
-        nginx=nginx,
-        main_upstream=MAIN_UPSTREAM,
-        upstream_header=UPSTREAM_HEADER,
-        upstream_header_variable=UPSTREAM_HEADER_VARIABLE,
-        log_format=LOG_FORMAT,
+def _server_directives(nginx: NginxSettings) -> NginxServer:
+    return NginxServer(
+        listen=tuple(f"{_host(a)}:{nginx.listen_port}" for a in nginx.listen_addresses),
+        server_name=" ".join(nginx.server_names) or "_",
+        trusted_proxies=nginx.trusted_proxies,
+        access_log=f"{nginx.access_log} {LOG_FORMAT}" if nginx.access_log else "off",
+        client_max_body_size=nginx.client_max_body_size,
+        forwarded_proto=(
+            f"${_FORWARDED_PROTO_MAP.variable}" if nginx.trusted_proxies else "$scheme"
+        ),
     )
 
 
@@ -510,7 +430,8 @@ def _short(upstream: str) -> str:
 def _server(process: Process) -> Server:
     http = process.listener("http")
     assert http is not None, process.name
-    return Server(f"{_host(connect_address(http.bind_addresses))}:{http.port}", process.name)
+    address = f"{_host(connect_address(http.bind_addresses))}:{http.port}"
+    return Server(address=address, process=process.name)
 
 
 def _host(address: str) -> str:
@@ -519,28 +440,4 @@ def _host(address: str) -> str:
 
 def _group(locations: list[Location]) -> tuple[LocationGroup, ...]:
     by_rule = itertools.groupby(locations, key=lambda loc: loc.rule)
-    return tuple(LocationGroup(rule, tuple(locs)) for rule, locs in by_rule)
-
-
-def _check(plan: WorkerPlan, nginx: NginxSettings) -> None:
-    problems = nginx.problems()
-    if problems:
-        raise SettingsError(problems)
-    ours = [ipaddress.ip_address(a) for a in nginx.listen_addresses]
-    for process in plan.processes:
-        for listener in process.listeners:
-            if listener.port != nginx.listen_port:
-                continue
-            theirs = [ipaddress.ip_address(a) for a in listener.bind_addresses]
-            if any(a == b or a.is_unspecified or b.is_unspecified for a in ours for b in theirs):
-                problems.append(
-                    problem(
-                        "matrix_synapse_nginx_listen_port",
-                        nginx.listen_port,
-                        f"{process.name} ({listener.purpose}, from {listener.source}) "
-                        "listens there; "
-                        "allowed: a port no Synapse listener uses",
-                    )
-                )
-    if problems:
-        raise SettingsError(problems)
+    return tuple(LocationGroup(rule=rule, locations=tuple(locs)) for rule, locs in by_rule)

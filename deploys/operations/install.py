@@ -27,8 +27,8 @@ def install_synapse(packages: Sequence[str], venv_path: str, version: str, scrip
         install_synapse(
             name="Install Synapse 1.163.2",
             packages=packages(settings),
-            venv_path=settings.venv_path,
-            version=settings.version,
+            venv_path=settings.install.venv_path,
+            version=settings.install.version,
             script=install_script(settings),
         )
     """

@@ -35,12 +35,8 @@ from typing import Any
 import pytest
 
 from deploys.core.plan import WorkerPlan
-from deploys.core.routing import (
-    UPSTREAM_HEADER,
-    NginxSettings,
-    render_nginx_config,
-)
-from tests.unit.test_routing import EXPECTED, build, table
+from deploys.core.routing import UPSTREAM_HEADER
+from tests.unit.test_routing import EXPECTED, config_for, planned, table
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 NGINX_PORT = 8088
@@ -263,15 +259,16 @@ def check_config(tmp: Path, conf: Path) -> None:
 @contextlib.contextmanager
 def running_nginx(tmp: Path, plan_name: str, **settings: Any) -> Iterator[Nginx]:
     address = free_loopback_address()
-    plan = build(plan_name, matrix_synapse_bind_addresses=[address])
-    nginx = NginxSettings(
-        listen_addresses=(address,),
-        listen_port=NGINX_PORT,
-        access_log=str(tmp / "access.log"),
+    overrides = {
+        "matrix_synapse_bind_addresses": [address],
+        "matrix_synapse_nginx_listen_addresses": [address],
+        "matrix_synapse_nginx_listen_port": NGINX_PORT,
+        "matrix_synapse_nginx_access_log": str(tmp / "access.log"),
         **settings,
-    )
+    }
+    plan = planned(plan_name, **overrides)[1]
     site = tmp / "synapse-workers.conf"
-    site.write_text(render_nginx_config(plan, nginx))
+    site.write_text(config_for(plan_name, **overrides))
     conf = tmp / "nginx.conf"
     conf.write_text(main_config(tmp, site))
     check_config(tmp, conf)
@@ -322,7 +319,7 @@ def _wait_listening(proc: subprocess.Popen[bytes], address: str, port: int, log:
 
 @pytest.fixture(scope="module")
 def nginx_for(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Nginx]]:
-    """``nginx_for(plan_name, **NginxSettings fields)``: a running nginx, one per arguments."""
+    """``nginx_for(plan_name, **settings)``: a running nginx, one per arguments."""
     running: dict[tuple[Any, ...], Nginx] = {}
     with contextlib.ExitStack() as stack:
 
@@ -344,12 +341,12 @@ def nginx_for(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...
     [
         {},
         {
-            "listen_addresses": ("127.0.0.1", "::1"),
-            "listen_port": 18448,
-            "server_names": ("matrix.example.org", "*.example.org"),
-            "trusted_proxies": ("10.0.0.0/8", "fd00::/8"),
-            "client_max_body_size": "100M",
-            "access_log": None,
+            "matrix_synapse_nginx_listen_addresses": ["127.0.0.1", "::1"],
+            "matrix_synapse_nginx_listen_port": 18448,
+            "matrix_synapse_nginx_server_names": ["matrix.example.org", "*.example.org"],
+            "matrix_synapse_nginx_trusted_proxies": ["10.0.0.0/8", "fd00::/8"],
+            "matrix_synapse_nginx_client_max_body_size": "100M",
+            "matrix_synapse_nginx_access_log": None,
         },
     ],
 )
@@ -358,7 +355,7 @@ def test_nginx_accepts_the_rendered_config(
     tmp_path: Path, plan_name: str, settings: dict[str, Any]
 ) -> None:
     site = tmp_path / "synapse-workers.conf"
-    site.write_text(render_nginx_config(build(plan_name), NginxSettings(**settings)))
+    site.write_text(config_for(plan_name, **settings))
     conf = tmp_path / "nginx.conf"
     conf.write_text(main_config(tmp_path, site))
     check_config(tmp_path, conf)
@@ -600,7 +597,7 @@ def test_client_address_and_scheme_reach_synapse(nginx_for: Callable[..., Nginx]
     assert answer.headers["x-stub-forwarded-for"] != edge  # not trusted: the peer's address
     assert answer.headers["x-stub-forwarded-proto"] == "http"
     proxy = free_loopback_address()
-    behind = nginx_for("one-of-each", trusted_proxies=(proxy,))
+    behind = nginx_for("one-of-each", matrix_synapse_nginx_trusted_proxies=(proxy,))
     answer = behind.request(
         "GET",
         "/_matrix/client/versions",

@@ -43,7 +43,7 @@ def ensure_previous_synapse_tree() -> Path:
 def ensure_synapse_tree() -> Path:
     settings = parse_settings(make_data(**E2E_SETTINGS))
     script = install_script(settings)
-    return ensure_derived_tree("synapse", [script], version=f"1-{settings.version}")
+    return ensure_derived_tree("synapse", [script], version=f"1-{settings.install.version}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings as hyp_settings, strategies 
 
 from deploys.core.plan import MAIN, WorkerPlan, build_plan
 from deploys.core.render import desired_state, paths_for
-from deploys.core.settings import WORKER_NAME_RE, Settings, parse_settings
+from deploys.core.settings import Settings, parse_settings
+from deploys.core.settings.worker_list import WORKER_NAME_RE
 from deploys.core.worker_types import PRESETS, SPECIALISED_TYPE_KEYS, STREAMS, WORKER_TYPES
 from tests.conftest import make_data
 from tests.unit.test_settings import (

@@ -17,17 +17,16 @@ import pytest
 
 from deploys.core import endpoints
 from deploys.core.plan import WorkerPlan, build_plan
+from deploys.core.render import nginx_config
 from deploys.core.routing import (
     MAIN_UPSTREAM,
     POOL_BALANCE,
     REQUESTER_HASH,
     ROOM_HASH,
     NginxRoutes,
-    NginxSettings,
     nginx_routes,
-    render_nginx_config,
 )
-from deploys.core.settings import SettingsError, parse_settings
+from deploys.core.settings import Settings, SettingsError, parse_settings
 from deploys.core.worker_types import STREAM_WRITER, STREAMS, WORKER_TYPES, Routing
 from tests.conftest import make_data
 
@@ -69,9 +68,25 @@ PLANS: Final[Mapping[str, Mapping[str, Any]]] = {
 }
 
 
-def build(name: str, **overrides: Any) -> WorkerPlan:
+def planned(name: str, **overrides: Any) -> tuple[Settings, WorkerPlan]:
     data = make_data(**{"matrix_synapse_workers_enabled": True, **PLANS[name], **overrides})
-    return build_plan(parse_settings(data), "host-a")
+    settings = parse_settings(data)
+    return settings, build_plan(settings, "host-a")
+
+
+def build(name: str, **overrides: Any) -> WorkerPlan:
+    return planned(name, **overrides)[1]
+
+
+def routes_for(name: str, **overrides: Any) -> NginxRoutes:
+    settings, plan = planned(name, **overrides)
+    return nginx_routes(plan, settings.nginx)
+
+
+def config_for(name: str, **overrides: Any) -> str:
+    """The rendered nginx file; ``overrides`` are settings (``matrix_synapse_nginx_*`` too)."""
+    settings, plan = planned(name, **overrides)
+    return nginx_config(plan, settings.nginx)
 
 
 # --- Cases ------------------------------------------------------------------------------------
@@ -268,7 +283,7 @@ def evaluate(routes: NginxRoutes, method: str, target: str) -> str:
 
 @pytest.mark.parametrize("plan_name", list(EXPECTED))
 def test_every_case_reaches_the_expected_upstream(plan_name: str) -> None:
-    routes = nginx_routes(build(plan_name))
+    routes = routes_for(plan_name)
     wrong = {
         case: (evaluate(routes, method, target), expected)
         for case, method, target, expected in table(plan_name)
@@ -284,10 +299,10 @@ def test_every_case_reaches_the_expected_upstream(plan_name: str) -> None:
 
 def test_no_workers_sends_everything_to_main() -> None:
     for plan_name in ("monolith", "little-federation-helper"):
-        routes = nginx_routes(build(plan_name))
+        routes = routes_for(plan_name)
         assert routes.locations == ()
         assert [u.name for u in routes.upstreams] == [MAIN_UPSTREAM]
-        config = render_nginx_config(build(plan_name), NginxSettings())
+        config = config_for(plan_name)
         assert "location ~" not in config and "location / {" in config
 
 
@@ -302,16 +317,16 @@ def test_every_routing_class_has_a_balance_and_every_routed_type_gets_traffic() 
     for t in WORKER_TYPES:
         if t.routing is Routing.NONE:
             continue
-        plan = build(
+        routes = routes_for(
             "generic-only", **{"matrix_synapse_workers_generic_workers_count": 0, t.count_key: 1}
         )
-        used = {loc.upstream for loc in nginx_routes(plan).locations}
+        used = {loc.upstream for loc in routes.locations}
         assert f"synapse_{t.routing.value}" in used, t.key
     assert STREAM_WRITER.routing is Routing.STREAM
     for stream in STREAMS:
         if stream.webserving:
-            plan = build("generic-only", **{stream.count_key: 1})
-            used = {loc.upstream for loc in nginx_routes(plan).locations}
+            routes = routes_for("generic-only", **{stream.count_key: 1})
+            used = {loc.upstream for loc in routes.locations}
             assert f"synapse_stream_{stream.name}" in used, stream.name
 
 
@@ -349,7 +364,7 @@ def test_generic_workers_serve_the_union_of_the_specialised_lists() -> None:
 
 
 def test_federation_media_comes_before_every_federation_reader_location() -> None:
-    locations = nginx_routes(build("specialized-workers")).locations
+    locations = routes_for("specialized-workers").locations
     media = next(
         i for i, loc in enumerate(locations) if loc.regex == r"^/_matrix/federation/v1/media/"
     )
@@ -359,21 +374,20 @@ def test_federation_media_comes_before_every_federation_reader_location() -> Non
 
 
 def test_sticky_upstreams_hash_by_room_and_by_requester() -> None:
-    routes = nginx_routes(build("specialized-sharded"))
+    routes = routes_for("specialized-sharded")
     assert routes.upstream(ROOM).balance == ROOM_HASH
     assert routes.upstream(SYNC).balance == REQUESTER_HASH
     assert routes.upstream(FR).balance == REQUESTER_HASH
     assert len(routes.upstream(ROOM).servers) == 4
-    generic = nginx_routes(build("130-generic"))
+    generic = routes_for("130-generic")
     assert generic.upstream("synapse_generic_by_room").balance == ROOM_HASH
     assert generic.upstream(G).balance == REQUESTER_HASH
     assert generic.upstream(G).servers == generic.upstream("synapse_generic_by_room").servers
 
 
 def test_rendered_upstreams_use_keepalive_http11_and_name_themselves() -> None:
-    plan = build("one-of-each")
-    routes = nginx_routes(plan)
-    config = render_nginx_config(plan, NginxSettings())
+    routes = routes_for("one-of-each")
+    config = config_for("one-of-each")
     assert "proxy_http_version 1.1;" in config
     assert 'proxy_set_header Connection "";' in config
     assert config.count("upstream synapse_") == len(routes.upstreams)
@@ -386,15 +400,15 @@ def test_rendered_upstreams_use_keepalive_http11_and_name_themselves() -> None:
 
 
 def test_settings_reach_the_server_block() -> None:
-    nginx = NginxSettings(
-        listen_addresses=("127.0.0.1", "::1"),
-        listen_port=8448,
-        server_names=("matrix.example.org",),
-        trusted_proxies=("10.0.0.0/8",),
-        client_max_body_size="100M",
-        access_log=None,
+    config = config_for(
+        "one-of-each",
+        matrix_synapse_nginx_listen_addresses=["127.0.0.1", "::1"],
+        matrix_synapse_nginx_listen_port=8448,
+        matrix_synapse_nginx_server_names=["matrix.example.org"],
+        matrix_synapse_nginx_trusted_proxies=["10.0.0.0/8"],
+        matrix_synapse_nginx_client_max_body_size="100M",
+        matrix_synapse_nginx_access_log=None,
     )
-    config = render_nginx_config(build("one-of-each"), nginx)
     for line in (
         "listen 127.0.0.1:8448;",
         "listen [::1]:8448;",
@@ -406,58 +420,84 @@ def test_settings_reach_the_server_block() -> None:
         "proxy_set_header X-Forwarded-Proto $synapse_forwarded_proto;",
     ):
         assert f"    {line}\n" in config, line
-    default = render_nginx_config(build("one-of-each"), NginxSettings())
+    default = config_for("one-of-each")
     assert "set_real_ip_from" not in default and "X-Forwarded-Proto $scheme;" in default
 
 
-def test_nginx_on_a_synapse_port_is_refused_naming_the_setting() -> None:
-    plan = build("one-of-each")
-    with pytest.raises(SettingsError, match=r"matrix_synapse_nginx_listen_port = 15000: generic-0"):
-        render_nginx_config(plan, NginxSettings(listen_port=15000))
-    with pytest.raises(SettingsError, match="main"):
-        render_nginx_config(plan, NginxSettings(listen_addresses=("0.0.0.0",), listen_port=8008))
-    render_nginx_config(plan, NginxSettings(listen_addresses=("127.0.0.2",), listen_port=8008))
+def test_nginx_on_a_synapse_port_is_refused_by_the_plans_port_check_naming_both_settings() -> None:
+    with pytest.raises(SettingsError) as caught:
+        build("one-of-each", matrix_synapse_nginx_listen_port=15000)
+    assert caught.value.problems == (
+        "matrix_synapse_nginx_listen_port = 15000: nginx (http) would listen on port 15000, "
+        "already taken by generic-0 (http, from "
+        "matrix_synapse_workers_generic_workers_port_range_start); allowed: a port no other "
+        "listener uses",
+    )
+    with pytest.raises(SettingsError, match="already taken by main"):
+        build(
+            "one-of-each",
+            matrix_synapse_nginx_listen_addresses=["0.0.0.0"],
+            matrix_synapse_nginx_listen_port=8008,
+        )
+    # Another address on the same port: the kernel allows it, and so does the check.
+    plan = build(
+        "one-of-each",
+        matrix_synapse_nginx_listen_addresses=["127.0.0.2"],
+        matrix_synapse_nginx_listen_port=8008,
+    )
+    assert plan.nginx is not None and plan.nginx.port == plan.main.listeners[0].port
+    # nginx off: its port is no listener at all.
+    build("one-of-each", matrix_synapse_nginx_enabled=False, matrix_synapse_nginx_listen_port=15000)
 
 
 def test_1000_workers_render_deterministically() -> None:
     # How fast is the benchmark's business (make bench), not a unit test's.
-    plan = build("1000-workers")
+    settings, plan = planned("1000-workers")
     assert len(plan.workers) == 1000
-    config = render_nginx_config(plan, NginxSettings())
-    assert render_nginx_config(plan, NginxSettings()) == config
-    routes = nginx_routes(plan)
+    config = nginx_config(plan, settings.nginx)
+    assert nginx_config(plan, settings.nginx) == config
+    routes = nginx_routes(plan, settings.nginx)
     assert len(routes.upstream(G).servers) == 959
     assert len(routes.locations) < 200  # locations do not grow with workers
 
 
 @pytest.mark.parametrize(
-    ("field", "value", "key"),
+    ("key", "value"),
     [
-        ("listen_addresses", ("localhost",), "matrix_synapse_nginx_listen_addresses"),
-        ("listen_addresses", (), "matrix_synapse_nginx_listen_addresses"),
-        ("listen_port", 70000, "matrix_synapse_nginx_listen_port"),
-        ("server_names", ("a.org; return 200",), "matrix_synapse_nginx_server_names"),
-        ("trusted_proxies", ("10.0.0.0/33",), "matrix_synapse_nginx_trusted_proxies"),
-        ("client_max_body_size", "50M; x", "matrix_synapse_nginx_client_max_body_size"),
-        ("access_log", "relative.log", "matrix_synapse_nginx_access_log"),
-        ("access_log", "/var/log/a b.log", "matrix_synapse_nginx_access_log"),
+        ("matrix_synapse_nginx_listen_addresses", ["localhost"]),
+        ("matrix_synapse_nginx_listen_addresses", []),
+        ("matrix_synapse_nginx_listen_port", 70000),
+        ("matrix_synapse_nginx_server_names", ["a.org; return 200"]),
+        ("matrix_synapse_nginx_server_names", "matrix.example.org"),
+        ("matrix_synapse_nginx_trusted_proxies", ["10.0.0.0/33"]),
+        ("matrix_synapse_nginx_client_max_body_size", "50M; x"),
+        ("matrix_synapse_nginx_access_log", "relative.log"),
+        ("matrix_synapse_nginx_access_log", "/var/log/a b.log"),
+        ("matrix_synapse_nginx_access_log", "/var/log/a;b.log"),
+        ("matrix_synapse_nginx_config_path", "conf.d/synapse.conf"),
+        ("matrix_synapse_nginx_enabled", "yes"),
     ],
 )
-def test_bad_nginx_settings_are_refused_naming_the_key(field: str, value: Any, key: str) -> None:
-    nginx = NginxSettings(**{field: value})
-    assert [p.split(" = ")[0] for p in nginx.problems()] == [key]
-    with pytest.raises(SettingsError, match=key):
-        render_nginx_config(build("one-of-each"), nginx)
+def test_bad_nginx_settings_are_refused_naming_the_key(key: str, value: Any) -> None:
+    with pytest.raises(SettingsError) as caught:
+        parse_settings(make_data(**{key: value}))
+    (line,) = caught.value.problems  # one problem per bad key, not one per check
+    assert line.startswith(f"{key} = {value!r}: allowed: "), line
 
 
 def test_good_nginx_settings_have_no_problems() -> None:
-    assert NginxSettings().problems() == []
-    good = NginxSettings(
-        ("0.0.0.0", "::"),
-        443,
-        ("matrix.example.org", "*.example.org"),
-        ("10.0.0.0/8", "::1"),
-        "1g",
-        None,
+    settings = parse_settings(
+        make_data(
+            matrix_synapse_nginx_listen_addresses=["0.0.0.0", "::"],
+            matrix_synapse_nginx_listen_port=443,
+            matrix_synapse_nginx_server_names=["matrix.example.org", "*.example.org"],
+            matrix_synapse_nginx_trusted_proxies=["10.0.0.0/8", "::1"],
+            matrix_synapse_nginx_client_max_body_size="1g",
+            matrix_synapse_nginx_access_log=None,
+        )
     )
-    assert good.problems() == []
+    build_plan(settings, "host-a")  # no port problem either
+    nginx = settings.nginx
+    assert nginx.listen_addresses == ("0.0.0.0", "::")
+    assert nginx.listen_port == 443  # nginx may bind a privileged port; Synapse may not
+    assert nginx.trusted_proxies == ("10.0.0.0/8", "::1")

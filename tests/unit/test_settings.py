@@ -12,14 +12,13 @@ from deploys.core.plan import WorkerPlan, build_plan
 from deploys.core.render import SECRET_NAMES, desired_state, paths_for
 from deploys.core.settings import (
     DEFAULTS_FILE,
-    GENERATED_SECRET_KEYS,
-    MAX_WORKERS_PER_MACHINE,
-    MAX_WORKERS_PER_TYPE,
     Settings,
     SettingsError,
     load_defaults,
     parse_settings,
 )
+from deploys.core.settings.extension import GENERATED_SECRET_KEYS
+from deploys.core.settings.workers import MAX_WORKERS_PER_MACHINE, MAX_WORKERS_PER_TYPE
 from deploys.core.worker_types import (
     PRESETS,
     SPECIALISED_TYPE_KEYS,
@@ -160,8 +159,8 @@ def rendered_listeners(settings: Settings, plan: WorkerPlan) -> dict[str, list[t
         else:
             continue
         found[name] = [(a, x["port"]) for x in listeners for a in x["bind_addresses"]]
-    if settings.nginx_enabled:
-        config = state.files[settings.nginx_config_path].content.decode()
+    if settings.nginx.enabled:
+        config = state.files[settings.nginx.config_path].content.decode()
         found["nginx"] = [
             (a.strip("[]"), int(p)) for a, p in re.findall(r"^\s*listen (\S+):(\d+);", config, re.M)
         ]

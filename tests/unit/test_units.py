@@ -22,7 +22,7 @@ def fake_root(tmp_path: Path, **overrides: object) -> tuple[Path, list[str]]:
     plan = build_plan(settings, "host-a")
     root = tmp_path / "root"
     shutil.copytree(SYSTEMD_UNITS, root / "usr/lib/systemd/system", symlinks=True)
-    for exe in (f"{settings.venv_path}/bin/python", "/bin/kill"):
+    for exe in (f"{settings.install.venv_path}/bin/python", "/bin/kill"):
         path = root / exe.lstrip("/")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("#!/bin/sh\n")

@@ -59,7 +59,7 @@ def test_every_process_is_subscribed_to_redis(host, want: Expected) -> None:
 
 @pytest.mark.live_synapse
 def test_nginx_config_is_valid_and_routes(host, want: Expected) -> None:
-    if not want.settings.nginx_enabled:
+    if not want.settings.nginx.enabled:
         pytest.fail("matrix_synapse_nginx_enabled is false: deselect this test instead")
     assert host.run("nginx -t").rc == 0
     port = want.settings.nginx.listen_port
