@@ -16,7 +16,13 @@ from typing import Any, Final
 import jinja2
 import yaml
 
-from deploys.core.plan import WORKER_UNIT_TEMPLATE, Listener, Process, WorkerPlan, connect_address
+from deploys.core.processes import (
+    WORKER_UNIT_TEMPLATE,
+    Listener,
+    Process,
+    WorkerPlan,
+    connect_address,
+)
 from deploys.core.routing import (
     LOG_FORMAT,
     MAIN_UPSTREAM,

@@ -8,16 +8,7 @@ and federation traffic. The nginx settings and their checks live in
 ``deploys.core.settings.nginx``; the plan's port check covers nginx's port. nginx tries regex
 locations in file order and the first match wins; ``location /`` (main) takes everything else.
 
-Order of the rules (each rule is a list from ``deploys/core/endpoints.py``):
-
-1. main-only paths and single sign-on: main;
-2. each stream's endpoints: its writer, or main when the stream has none (the write handlers
-   fail with 500 anywhere else); the streams' GET-only rules send GET and HEAD to any generic
-   worker (client readers when there are no generic workers);
-3. media (before any federation rule, matrix-docker-ansible-deploy issue #3918), user directory;
-4. sync, room pagination, room-scoped client and federation requests, client reads;
-5. federation reads and inbound transactions last.
-
+Which endpoints go to which routing class, in which order, is ``deploys.core.routing_rules``.
 A rule goes to the first of its targets that has workers, else to main. Balancing
 (``POOL_BALANCE``):
 
@@ -33,7 +24,8 @@ A rule goes to the first of its targets that has workers, else to main. Balancin
 - client readers, media and the user directory: ``least_conn``; stream writers: round robin.
 
 Adding a worker type with an existing routing class needs nothing here: its workers join that
-class's upstream. A new routing class needs a ``POOL_BALANCE`` entry and its rules.
+class's upstream. A new routing class needs a ``POOL_BALANCE`` entry and its rules (in
+``deploys.core.routing_rules``).
 """
 
 from __future__ import annotations
@@ -44,10 +36,10 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
 
-from deploys.core import endpoints as ep
-from deploys.core.plan import Process, WorkerPlan, connect_address
+from deploys.core.processes import Process, WorkerPlan, connect_address
+from deploys.core.routing_rules import Target, rules
 from deploys.core.settings import NginxSettings
-from deploys.core.worker_types import STREAMS, Routing
+from deploys.core.worker_types import Routing
 
 MAIN_UPSTREAM: Final = "synapse_main"
 UPSTREAM_HEADER: Final = "X-Synapse-Upstream"  # names the upstream that served each response
@@ -86,88 +78,6 @@ ZONE_PER_SERVER_KB: Final = 1
 def _quote(value: str) -> str:
     """``value`` as an nginx double-quoted string (nginx reads ``\\\\`` and ``\\"`` back)."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-# --- Rules ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Target:
-    """A pool of workers: a routing class (and stream), optionally balanced by room instead."""
-
-    routing: Routing
-    stream: str | None = None
-    by_room: bool = False
-
-
-@dataclass(frozen=True)
-class Rule:
-    """Endpoints and where they go: the first target with workers, else main.
-
-    ``get_targets`` (GET-only rules): GET and HEAD go to the first of these with workers; other
-    methods, or every method when none has workers, go as ``targets`` say.
-    """
-
-    name: str
-    regexes: tuple[str, ...]
-    targets: tuple[Target, ...] = ()
-    get_targets: tuple[Target, ...] = ()
-
-
-def rules() -> tuple[Rule, ...]:
-    """Every rule, in nginx location order."""
-    generic, client_reader = Target(Routing.GENERIC), Target(Routing.CLIENT_READER)
-    readers = (generic, client_reader)
-    room, federation_reader = Target(Routing.ROOM), Target(Routing.FEDERATION_READER)
-    out = [
-        Rule("main only", ep.MAIN_ONLY),
-        Rule("single sign-on: one process, main", ep.SSO),
-    ]
-    for stream in STREAMS:
-        endpoints = ep.STREAM_ENDPOINTS[stream.name]
-        writer = (Target(Routing.STREAM, stream.name),)
-        out.append(Rule(f"{stream.name} stream: its writer, else main", endpoints.writer, writer))
-        out.append(
-            Rule(
-                f"{stream.name} stream: GET on any worker, writes to its writer",
-                endpoints.get_anywhere,
-                writer,
-                readers,
-            )
-        )
-    out += [
-        Rule("GET on any worker, writes on main", ep.GET_ANYWHERE, get_targets=readers),
-        Rule("media repository (before any federation rule)", ep.MEDIA, (Target(Routing.MEDIA),)),
-        Rule("user directory", ep.USER_DIRECTORY, (Target(Routing.USER_DIRECTORY), *readers)),
-        Rule("sync, by user", ep.SYNC, (Target(Routing.SYNC), generic)),
-        Rule(
-            "room pagination, by room",
-            ep.ROOM_MESSAGES,
-            (
-                room,
-                Target(Routing.GENERIC, by_room=True),
-                Target(Routing.CLIENT_READER, by_room=True),
-            ),
-        ),
-        Rule("room-scoped client requests", ep.ROOM_CLIENT, (room, *readers)),
-        Rule(
-            "room-scoped federation requests",
-            ep.ROOM_FEDERATION,
-            (room, federation_reader, generic),
-        ),
-        Rule("client requests", ep.CLIENT_READER, (client_reader, generic)),
-        Rule(
-            "federation requests (last: media and room routes win)",
-            ep.FEDERATION,
-            (federation_reader, generic),
-        ),
-        Rule(
-            "inbound federation transactions, by origin",
-            ep.FEDERATION_INBOUND,
-            (federation_reader, generic),
-        ),
-    ]
-    return tuple(r for r in out if r.regexes)
 
 
 # --- What nginx gets --------------------------------------------------------------------------
