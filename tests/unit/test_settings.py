@@ -750,3 +750,62 @@ def test_root_accounts_are_refused(key: str, name: str) -> None:
         f"machine; allowed: an unprivileged system {key.rsplit('_', 1)[1]} such as "
         "'matrix-synapse'",
     )
+
+
+# --- Defaults have one home: group_data/all.py ----------------------------------------------------
+
+SETTINGS_PACKAGE = DEFAULTS_FILE.parents[1] / "deploys" / "core" / "settings"
+# Literals that are also defaults, in the settings package for another reason (a rule, not a
+# fallback): the log levels Synapse knows, the local database hosts, examples in messages.
+NOT_A_DEFAULT = {
+    "INFO": "one of LOG_LEVELS",
+    "127.0.0.1": "one of database.LOCAL_HOSTS",
+    "1.163.2": "the example in the version's message",
+    "matrix-synapse": "the example in the account's message",
+}
+
+
+def test_no_default_is_written_again_in_the_settings_package() -> None:
+    sources = {p.name: p.read_text() for p in SETTINGS_PACKAGE.glob("*.py")}
+    repeated = []
+    for key, value in load_defaults().items():
+        if isinstance(value, bool) or (isinstance(value, str) and value in NOT_A_DEFAULT):
+            continue
+        if isinstance(value, int) and value > 100:
+            pattern = rf"(?<![\w.]){value}(?![\w.])"
+        elif isinstance(value, str) and value:
+            pattern = re.escape(repr(value)) + "|" + re.escape(f'"{value}"')
+        else:
+            continue
+        repeated += [
+            f"{key} = {value!r} in {n}" for n, s in sources.items() if re.search(pattern, s)
+        ]
+    assert repeated == []
+
+
+def test_a_bad_value_reads_as_its_group_data_default_so_every_later_rule_still_runs() -> None:
+    # cp_min is bad: the pool rule still runs against the default minimum (1) and says nothing
+    # about main_cp_max = 5; workers_cp_max = 0 breaks its own range; one problem each.
+    with pytest.raises(SettingsError) as caught:
+        parse_settings(
+            make_data(
+                matrix_synapse_database_cp_min="1",
+                matrix_synapse_database_main_cp_max=5,
+                matrix_synapse_database_workers_cp_max=0,
+            )
+        )
+    assert caught.value.problems == (
+        "matrix_synapse_database_cp_min = '1': allowed: an integer from 1 to 100",
+        "matrix_synapse_database_workers_cp_max = 0: allowed: an integer from 1 to 100",
+    )
+
+
+def test_a_key_missing_from_the_data_is_named() -> None:
+    data = make_data()
+    del data["matrix_synapse_nginx_listen_port"]
+    with pytest.raises(SettingsError) as caught:
+        parse_settings(data)
+    assert caught.value.problems == (
+        "matrix_synapse_nginx_listen_port is missing: define it (group_data/all.py holds every "
+        "default)",
+    )
