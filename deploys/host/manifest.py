@@ -167,18 +167,18 @@ def from_json(cls: type[T], text: str | bytes, what: str = "manifest") -> T:
     return decode(cls, data, what)
 
 
-def decode(kind: Any, value: Any, where: str) -> Any:
+def decode(kind: Any, value: Any, where: str, every_key: bool = False) -> Any:
     """``value`` (parsed JSON) as ``kind``: a dataclass, ``str``/``int``/``float``/``bool``,
     ``X | None``, ``tuple[X, ...]``, ``tuple[A, B]``, ``frozenset[X]``, ``list[X]`` or
-    ``dict[str, X]``."""
+    ``dict[str, X]``. With ``every_key``, a dataclass's fields with defaults are required too."""
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if dataclasses.is_dataclass(kind):
-        return _decode_dataclass(kind, value, where)
+        return _decode_dataclass(kind, value, where, every_key)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         (inner,) = [a for a in args if a is not type(None)]
-        return decode(inner, value, where)
+        return decode(inner, value, where, every_key)
     if origin in (tuple, list, frozenset):
         if not isinstance(value, list):
             raise ManifestError(f"{where}: expected a list, got {_show(value)}")
@@ -186,13 +186,13 @@ def decode(kind: Any, value: Any, where: str) -> Any:
             if len(value) != len(args):
                 raise ManifestError(f"{where}: expected {len(args)} items, got {_show(value)}")
             pairs = enumerate(zip(args, value, strict=True))
-            return tuple(decode(a, v, f"{where}[{i}]") for i, (a, v) in pairs)
-        items = [decode(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+            return tuple(decode(a, v, f"{where}[{i}]", every_key) for i, (a, v) in pairs)
+        items = [decode(args[0], v, f"{where}[{i}]", every_key) for i, v in enumerate(value)]
         return origin(items)
     if origin is dict:
         if not isinstance(value, dict):
             raise ManifestError(f"{where}: expected an object, got {_show(value)}")
-        return {str(k): decode(args[1], v, f"{where}[{k!r}]") for k, v in value.items()}
+        return {str(k): decode(args[1], v, f"{where}[{k!r}]", every_key) for k, v in value.items()}
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind in (str, int, float, bool):
@@ -203,7 +203,7 @@ def decode(kind: Any, value: Any, where: str) -> Any:
     raise TypeError(f"{where}: cannot decode {kind!r}")  # a bug in the types above
 
 
-def _decode_dataclass(cls: Any, value: Any, where: str) -> Any:
+def _decode_dataclass(cls: Any, value: Any, where: str, every_key: bool) -> Any:
     if not isinstance(value, dict):
         raise ManifestError(f"{where}: expected an object, got {_show(value)}")
     hints = typing.get_type_hints(cls)
@@ -214,8 +214,10 @@ def _decode_dataclass(cls: Any, value: Any, where: str) -> Any:
     kwargs = {}
     for name, f in fields.items():
         if name in value:
-            kwargs[name] = decode(hints[name], value[name], f"{where}.{name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            kwargs[name] = decode(hints[name], value[name], f"{where}.{name}", every_key)
+        elif every_key or (
+            f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ):
             raise ManifestError(f"{where}: missing key {name!r}")
     return cls(**kwargs)
 

@@ -1,8 +1,10 @@
-"""Map "what changed" to systemd actions. Pure and standard-library only.
+"""Unit names, unit state, change records, and the map from "what changed" to systemd actions.
+Pure and standard-library only.
 
 The controller runs it on the fact it read (to decide whether there is anything to do and to
 preview), and the host runs the very same module under the deploy lock on the state it finds
-there (deploys/host/apply.py), so a concurrent run can never make it act on a stale view.
+there (deploys/host/apply.py), so a concurrent run can never make it act on a stale view. Both
+sides read ``systemctl list-units`` with ``LIST_UNITS`` and ``parse_list_units``.
 
 Rules (Synapse reads its shared settings only at start):
 - ``daemon-reload`` only when a unit file or drop-in changed or was removed, or a unit was disabled;
@@ -17,9 +19,10 @@ Rules (Synapse reads its shared settings only at start):
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+
+from .ownership import is_under
 
 EVERY_PROCESS = "*"
 MAIN = "main"
@@ -27,6 +30,21 @@ MAIN_UNIT = "matrix-synapse.service"
 TARGET_UNIT = "matrix-synapse.target"
 WORKER_UNIT_PREFIX = "matrix-synapse-worker@"
 ACTIVE_STATES = frozenset({"active", "activating", "reloading"})
+# Every synapse unit, loaded or enabled (a glob systemctl and the shell both understand).
+UNIT_GLOB = "matrix-synapse*"
+# ``systemctl list-units`` in one cheap call (``systemctl show`` asks systemd one unit at a time:
+# seconds at 1,000 units); followed by unit names or globs, never none (that lists every unit).
+LIST_UNITS = ("systemctl", "list-units", "--all", "--plain", "--no-legend", "--full")
+
+
+def parse_list_units(lines: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """(load, active) state by unit from ``LIST_UNITS`` output (``UNIT LOAD ACTIVE SUB ...``)."""
+    states = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 3:
+            states[parts[0]] = (parts[1], parts[2])
+    return states
 
 
 def worker_unit(name: str) -> str:
@@ -56,7 +74,10 @@ class UnitState:
 
 @dataclass(frozen=True)
 class Change:
-    """One file that differs from the plan (or was removed): what it restarts."""
+    """The change record of one file written or removed: what it restarts (process names,
+    ``EVERY_PROCESS`` for all), whether it is a unit file (``daemon-reload``), what it reloads.
+    The controller builds one per planned file (``DesiredFile.change``) and ships them in the
+    manifest; the journal stores them."""
 
     path: str
     restarts: frozenset[str] = frozenset()
@@ -67,30 +88,15 @@ class Change:
 def stale_change(path: str, systemd_dir: str) -> Change:
     """What removing an owned file the plan no longer has means: a unit file or drop-in needs a
     daemon-reload; a worker's own ``<name>.yaml`` concerns that (unplanned) worker only."""
-    unit_file = path.startswith(systemd_dir.rstrip("/") + "/")
+    unit_file = is_under(path, systemd_dir)
     name = path.rsplit("/", 1)[-1]
     restarts = frozenset() if unit_file or not name.endswith(".yaml") else {name[: -len(".yaml")]}
     return Change(path, frozenset(restarts), unit_file)
 
 
-def is_owned(path: str, owned_globs: Iterable[str]) -> bool:
-    """Whether ``path`` is ours by name: it matches one of the shell globs the way the shell (and
-    ``glob.glob``) would, component by component, so ``*`` never crosses a ``/`` and never matches
-    a leading dot. The controller (on the fact's file list) and the host (on what it finds under
-    the lock) decide staleness with this one function."""
-    parts = path.split("/")
-    return any(_glob_matches(parts, pattern.split("/")) for pattern in owned_globs)
-
-
-def _glob_matches(parts: list[str], pattern: list[str]) -> bool:
-    if len(parts) != len(pattern):
-        return False
-    for part, glob in zip(parts, pattern, strict=True):
-        if part.startswith(".") and not glob.startswith("."):
-            return False
-        if not fnmatch.fnmatchcase(part, glob):
-            return False
-    return True
+def run_changes(written: Iterable[Change], stale: Iterable[str], systemd_dir: str) -> list[Change]:
+    """Everything a run changes: the files it writes, then the stale files it removes."""
+    return [*written, *(stale_change(path, systemd_dir) for path in stale)]
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
-"""The host program's steps (deploys/host_apply.py) run for real, as root, on real files under a
-temporary root: the manifest and the staged files are built by the controller's own code
-(render -> compare -> operations._archive) and unpacked as the host would. systemd cannot act on
-temporary units, so these tests stop before the systemd step (read_host, ensure_prerequisites,
-change_files) or call the readiness steps directly; the integration tests cover the rest.
+"""The host program's steps (deploys/host/apply.py and the modules it builds on) run for real, as
+root, on real files under a temporary root: the manifest and the staged files are built by the
+controller's own code (render -> compare -> operations.synapse.build_manifest -> archive) and
+unpacked as the host would. systemd cannot act on temporary units, so these tests stop before
+the systemd step (``change_files``: steps 2 to 7) or call the readiness steps directly; the
+integration tests cover the rest.
 """
 
 from __future__ import annotations
@@ -28,12 +29,28 @@ from typing import Any
 
 import pytest
 
-from deploys.core.drift import HostState, RemoteFile, compare
+from deploys.core.drift import FileState, HostState, compare
 from deploys.core.plan import build_plan
 from deploys.core.render import desired_state
 from deploys.core.settings import parse_settings
-from deploys.host import apply as host_apply
-from deploys.operations.synapse import _archive
+from deploys.host import (
+    apply as host_apply,
+    readiness as host_readiness,
+    systemd,
+    units as host_units,
+)
+from deploys.host.batch import ApplyError
+from deploys.host.manifest import (
+    Account,
+    FileEntry,
+    Manifest,
+    Readiness,
+    RedisCheck,
+    from_json,
+    to_json,
+)
+from deploys.operations.files import archive
+from deploys.operations.synapse import build_manifest
 from tests.conftest import make_data
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,46 +85,45 @@ class Root:
         )
         return parse_settings(make_data(**{**defaults, **overrides}))
 
-    def read(self, **overrides: Any) -> tuple[dict[str, Any], Path]:
+    def read(self, **overrides: Any) -> tuple[Manifest, Path]:
         """What the controller does: read the host, compare, build the archive; unpacked into a
         fresh stage directory as the host would. Returns (manifest, stage)."""
         settings = self.settings(**overrides)
         plan = build_plan(settings, "host-a")
         desired = desired_state(settings, plan)
         host_state = self.host_state()
-        drift = compare(desired, host_state, (*desired.secrets, desired.signing_key))
-        extra_units = sorted({u for f in desired.files.values() for u in f.reloads})
-        archive = _archive(
+        manifest, uploads = build_manifest(
             desired,
-            drift,
+            compare(desired, host_state),
             host_state,
             [w.name for w in plan.workers],
-            (ACCOUNT_USER, ACCOUNT_GROUP, f"{self.path}/var/lib/matrix-synapse"),
+            Account(ACCOUNT_USER, ACCOUNT_GROUP, f"{self.path}/var/lib/matrix-synapse"),
             settings.systemd_dir,
             5,
-            extra_units,
         )
         self.runs += 1
         stage = self.tmp / f"stage-{self.runs}"
         stage.mkdir()
-        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        tgz = archive(to_json(manifest), uploads)
+        with tarfile.open(fileobj=io.BytesIO(tgz), mode="r:gz") as tar:
             tar.extractall(stage, filter="data")
-        manifest = json.loads((stage / "manifest.json").read_text())
-        manifest["pending_path"] = str(self.journal)  # the only host path the archive fixes
-        manifest["lock_path"] = str(self.tmp / "lock")
-        return manifest, stage
+        shipped = from_json(Manifest, (stage / "manifest.json").read_bytes())
+        # The only host paths the archive fixes: the journal and the lock.
+        batch = dataclasses.replace(shipped.batch, lock_path=str(self.tmp / "lock"))
+        return dataclasses.replace(shipped, journal_path=str(self.journal), batch=batch), stage
 
     def host_state(self) -> HostState:
         """What the host fact reports: every file with sha256, mode and owner; the journal."""
-        state = HostState(pending=self.journal.exists())
+        state = HostState(journal_found=self.journal.exists())
         for path in sorted(self.path.rglob("*")):
             if path.is_file() and path != self.journal:
                 st = path.stat()
-                state.files[str(path)] = RemoteFile(
+                state.files[str(path)] = FileState(
                     stat.S_IMODE(st.st_mode),
                     pwd.getpwuid(st.st_uid).pw_name,
                     grp.getgrgid(st.st_gid).gr_name,
                     sha256(path.read_bytes()),
+                    st.st_size,
                 )
         return state
 
@@ -130,12 +146,9 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def apply_files(manifest: dict[str, Any], stage: Path) -> host_apply.Work:
+def apply_files(manifest: Manifest, stage: Path) -> host_apply.FilesRun:
     """The host program up to (not including) the systemd step."""
-    work = host_apply.read_host(manifest, stage)
-    host_apply.ensure_prerequisites(manifest)
-    host_apply.change_files(manifest, stage, work)
-    return work
+    return host_apply.change_files(manifest, stage)
 
 
 def deployed(root: Root, **overrides: Any) -> None:
@@ -144,8 +157,17 @@ def deployed(root: Root, **overrides: Any) -> None:
     root.journal.unlink(missing_ok=True)
 
 
-def entry(manifest: dict[str, Any], suffix: str) -> dict[str, Any]:
-    return next(e for e in manifest["files"] if e["path"].endswith(suffix))
+def entry(manifest: Manifest, suffix: str) -> FileEntry:
+    return next(e for e in manifest.batch.files if e.path.endswith(suffix))
+
+
+def with_entry(manifest: Manifest, suffix: str, **changes: Any) -> Manifest:
+    """``manifest`` with the file entry ending in ``suffix`` changed."""
+    files = tuple(
+        dataclasses.replace(e, **changes) if e.path.endswith(suffix) else e
+        for e in manifest.batch.files
+    )
+    return dataclasses.replace(manifest, batch=dataclasses.replace(manifest.batch, files=files))
 
 
 def journal_items(root: Root) -> list[dict[str, Any]]:
@@ -173,19 +195,19 @@ def immutable(path: Path) -> Iterator[None]:
 def test_a_first_run_writes_every_file_and_journals_its_changes(root: Root) -> None:
     manifest, stage = root.read()
     apply_files(manifest, stage)
-    for e in manifest["files"]:
-        assert sha256(Path(e["path"]).read_bytes()) == e["sha256"], e["path"]
-    assert {i["path"] for i in journal_items(root)} == {e["path"] for e in manifest["files"]}
+    for e in manifest.batch.files:
+        assert sha256(Path(e.path).read_bytes()) == e.sha256, e.path
+    assert {i["path"] for i in journal_items(root)} == {e.path for e in manifest.batch.files}
     assert not glob.glob(f"{root.path}/**/.*pyinfra-synapse-tmp*", recursive=True)
 
 
 def test_a_file_changed_since_the_read_refuses_the_run_before_any_change(root: Root) -> None:
     deployed(root)
     manifest, stage = root.read(**LOG_WARNING)  # this run's read of the host...
-    log = Path(entry(manifest, "/log.yaml")["path"])
+    log = Path(entry(manifest, "/log.yaml").path)
     log.write_text(log.read_text().replace("INFO", "DEBUG"))  # ...then another deploy ran
     before = root.files()
-    with pytest.raises(host_apply.ApplyError) as refused:
+    with pytest.raises(ApplyError) as refused:
         apply_files(manifest, stage)
     assert (
         f"{log} changed on the host since this run read it (another deploy ran meanwhile?); "
@@ -200,7 +222,7 @@ def test_an_owned_file_that_appeared_since_the_read_is_not_removed(root: Root) -
     manifest, stage = root.read(matrix_synapse_workers_enabled=False, **LOG_WARNING)
     deployed(root)  # another controller, with workers, ran meanwhile
     before = root.files()
-    with pytest.raises(host_apply.ApplyError) as refused:
+    with pytest.raises(ApplyError) as refused:
         apply_files(manifest, stage)
     assert "appeared on the host since this run read it, and this run would remove it" in str(
         refused.value
@@ -215,28 +237,29 @@ def test_concurrent_runs_with_the_same_settings_converge(root: Root) -> None:
     second, second_stage = root.read(**LOG_WARNING)  # both read before either ran
     apply_files(first, first_stage)
     root.journal.unlink()  # the first run finished
-    work = apply_files(second, second_stage)
-    assert work.written == [] and work.writes == []
+    run = apply_files(second, second_stage)
+    assert run.work.written == [] and run.work.writes == []
     assert not root.journal.exists()  # changes nothing: no journal
-    assert "level: WARNING" in Path(entry(second, "/log.yaml")["path"]).read_text()
+    assert "level: WARNING" in Path(entry(second, "/log.yaml").path).read_text()
 
 
 def test_a_run_that_changes_nothing_keeps_an_earlier_journal_as_it_was(root: Root) -> None:
     manifest, stage = root.read()
     apply_files(manifest, stage)  # an interrupted run: files written, restarts still owed
     owed = root.journal.read_bytes()
-    work = apply_files(*root.read())
-    assert work.writes == [] and len(work.owed) == len(json.loads(owed))
+    run = apply_files(*root.read())
+    assert run.work.writes == [] and len(run.owed) == len(json.loads(owed))
     assert root.journal.read_bytes() == owed
 
 
 def test_a_missing_staged_copy_is_a_clear_error_before_any_change(root: Root) -> None:
     deployed(root)
     manifest, stage = root.read(**LOG_WARNING)
+    # A controller that saw no change but the host differs.
+    manifest = with_entry(manifest, "/log.yaml", payload=None)
     log = entry(manifest, "/log.yaml")
-    log["payload"] = None  # a controller that saw no change but the host differs
     before = root.files()
-    with pytest.raises(host_apply.ApplyError, match=f"archive holds no new copy of {log['path']}"):
+    with pytest.raises(ApplyError, match=f"archive holds no new copy of {log.path}"):
         apply_files(manifest, stage)
     assert root.files() == before and not root.journal.exists()
 
@@ -261,10 +284,12 @@ def test_a_corrupt_journal_fails_the_run_saying_how_to_recover(root: Root, conte
     root.journal.write_bytes(content)
     manifest, stage = root.read(**LOG_WARNING)
     before = root.files()
-    with pytest.raises(host_apply.ApplyError) as failed:
+    with pytest.raises(ApplyError) as failed:
         apply_files(manifest, stage)
     message = str(failed.value)
-    assert f"the pending-changes journal {root.journal} is corrupt" in message
+    assert f"the journal {root.journal} of changes an interrupted run still owes is corrupt" in (
+        message
+    )
     assert '"restarts": [str]' in message  # what it should contain
     assert "restart matrix-synapse.target (and reload nginx) by hand" in message
     assert "forgoes the owed restarts" in message
@@ -274,8 +299,8 @@ def test_a_corrupt_journal_fails_the_run_saying_how_to_recover(root: Root, conte
 def test_journal_entries_are_merged_by_path(root: Root) -> None:
     manifest, stage = root.read()
     apply_files(manifest, stage)  # interrupted: every file journaled
-    homeserver = entry(manifest, "/homeserver.yaml")["path"]
-    worker = entry(manifest, "/workers/generic-0.yaml")["path"]
+    homeserver = entry(manifest, "/homeserver.yaml").path
+    worker = entry(manifest, "/workers/generic-0.yaml").path
     items = journal_items(root)
     # An older journal with a duplicate, and a worker entry owing a different restart.
     items.append({"path": homeserver, "restarts": ["main"], "unit_file": False, "reloads": []})
@@ -308,8 +333,8 @@ def test_a_write_failing_half_way_puts_back_every_file_and_the_journal(root: Roo
         "matrix_synapse_workers_generic_workers_count": 2,
     }
     manifest, stage = root.read(**changed)
-    systemd_dir = Path(manifest["systemd_dir"])
-    with immutable(systemd_dir), pytest.raises(host_apply.ApplyError) as failed:
+    systemd_dir = Path(manifest.systemd_dir)
+    with immutable(systemd_dir), pytest.raises(ApplyError) as failed:
         apply_files(manifest, stage)
     message = str(failed.value)
     assert f"cannot write {systemd_dir}/matrix-synapse.service: Operation not permitted" in message
@@ -322,12 +347,12 @@ def test_a_write_failing_on_a_new_file_leaves_no_journal(root: Root) -> None:
     deployed(root)
     manifest, stage = root.read(matrix_synapse_venv_path="/opt/other-venv", **LOG_WARNING)
     # A regular file where the directory of a file to write should be.
-    blocked = Path(manifest["systemd_dir"], "matrix-synapse.service.d")
+    blocked = Path(manifest.systemd_dir, "matrix-synapse.service.d")
     limits = {"matrix_synapse_systemd_resource_limits": {"MemoryMax": "2G"}}
     manifest, stage = root.read(**LOG_WARNING, **limits)
     blocked.write_text("in the way\n")
     before = root.files()
-    with pytest.raises(host_apply.ApplyError) as failed:
+    with pytest.raises(ApplyError) as failed:
         apply_files(manifest, stage)
     assert f"cannot write {blocked}/50-pyinfra-synapse-limits.conf: File exists" in str(
         failed.value
@@ -342,8 +367,8 @@ def test_a_refused_check_puts_the_previous_files_back(root: Root) -> None:
     deployed(root)
     before = root.files()
     manifest, stage = root.read(**LOG_WARNING)
-    entry(manifest, "/log.yaml")["check"] = "echo 'no such level' >&2; exit 3"
-    with pytest.raises(host_apply.ApplyError) as refused:
+    manifest = with_entry(manifest, "/log.yaml", check="echo 'no such level' >&2; exit 3")
+    with pytest.raises(ApplyError) as refused:
         apply_files(manifest, stage)
     assert (
         "log.yaml (`echo 'no such level' >&2; exit 3`) was refused; the previous files were "
@@ -358,11 +383,12 @@ def test_a_replayed_nginx_change_is_checked(root: Root) -> None:
     apply_files(manifest, stage)  # killed during its check: files in place, restarts owed
     owed = root.journal.read_bytes()
     manifest, stage = root.read()  # the next run: nothing left to write
+    refusing = "echo 'nginx: [emerg] unknown directive' >&2; false"  # nginx -t refusing
+    manifest = with_entry(manifest, "/nginx/conf.d/synapse.conf", check=refusing)
     nginx = entry(manifest, "/nginx/conf.d/synapse.conf")
-    nginx["check"] = "echo 'nginx: [emerg] unknown directive' >&2; false"  # nginx -t refusing
-    with pytest.raises(host_apply.ApplyError) as refused:
+    with pytest.raises(ApplyError) as refused:
         apply_files(manifest, stage)
-    assert f"{nginx['path']} (`{nginx['check']}`) was refused" in str(refused.value)
+    assert f"{nginx.path} (`{nginx.check}`) was refused" in str(refused.value)
     assert "unknown directive" in str(refused.value)
     assert root.journal.read_bytes() == owed  # the restarts are still owed
 
@@ -376,23 +402,23 @@ def test_a_replayed_synapse_config_is_checked_with_the_real_synapse(root: Root) 
     # Passes our validation (a pass-through setting), but Synapse cannot parse the size.
     bad = {**check, "matrix_synapse_configuration_extension": {"max_upload_size": "lots"}}
     manifest, stage = root.read(**bad)
-    manifest["synapse_check"] = None  # the run that was killed during its check:
+    manifest = dataclasses.replace(manifest, synapse_check=None)  # killed during its check:
     apply_files(manifest, stage)  # new files in place, journal written, nothing restarted
     owed = root.journal.read_bytes()
     manifest, stage = root.read(**bad)  # the next run: every file already as planned
-    with pytest.raises(host_apply.ApplyError) as refused:
+    with pytest.raises(ApplyError) as refused:
         apply_files(manifest, stage)
     message = str(refused.value)
     assert (
         "the new Synapse configuration (loaded with the installed Synapse) was refused" in message
     )
     assert "workers/media-repository-0.yaml: ValueError" in message  # the file, Synapse's words
-    assert f"still pending ({root.journal})" in message
+    assert f"still owed ({root.journal})" in message
     assert root.journal.read_bytes() == owed
 
     manifest, stage = root.read(**check)  # fixed: the replayed and the new configs load
     apply_files(manifest, stage)
-    homeserver = entry(manifest, "/homeserver.yaml")["path"]
+    homeserver = entry(manifest, "/homeserver.yaml").path
     assert homeserver in {i["path"] for i in journal_items(root)}  # still owed, now checked
 
 
@@ -434,11 +460,11 @@ def serving_health(address: str, port: int) -> Iterator[None]:
         server.server_close()
 
 
-def readiness_for(root: Root, **overrides: Any) -> dict[str, Any]:
-    """The readiness section as the host receives it (asdict, through JSON)."""
+def readiness_for(root: Root, **overrides: Any) -> Readiness:
+    """The readiness section as the host receives it (through the manifest's JSON codec)."""
     settings = root.settings(matrix_synapse_readiness_timeout=30, **overrides)
     state = desired_state(settings, build_plan(settings, "host-a"))
-    return json.loads(json.dumps(dataclasses.asdict(state.readiness)))
+    return from_json(Readiness, to_json(state.readiness))
 
 
 @pytest.mark.parametrize(
@@ -460,13 +486,13 @@ def test_health_is_probed_on_an_address_the_listener_binds(
         matrix_synapse_workers_enabled=False,
         matrix_synapse_http_port=port,
     )
-    main = host_apply.services.MAIN_UNIT
+    main = host_units.MAIN_UNIT
     host = f"[{serve}]" if ":" in serve else serve
-    assert readiness["health"][main] == f"http://{host}:{port}/health"
-    assert host_apply.unit_not_ready(main, ("loaded", "active"), readiness) is not None
+    assert readiness.health[main] == f"http://{host}:{port}/health"
+    assert host_readiness.unit_not_ready(main, ("loaded", "active"), readiness) is not None
     with serving_health(serve, port):  # bound to that address only
-        assert host_apply.unit_not_ready(main, ("loaded", "active"), readiness) is None
-        assert "is activating" in host_apply.unit_not_ready(
+        assert host_readiness.unit_not_ready(main, ("loaded", "active"), readiness) is None
+        assert "is activating" in host_readiness.unit_not_ready(
             main, ("loaded", "activating"), readiness
         )
 
@@ -474,46 +500,51 @@ def test_health_is_probed_on_an_address_the_listener_binds(
 def test_nginx_started_by_the_run_is_waited_for_by_its_own_criterion(root: Root) -> None:
     port = free_port("127.0.0.1")
     readiness = readiness_for(root, matrix_synapse_nginx_listen_port=port)
-    services = host_apply.services
-    up = services.UnitState("loaded", "active", enabled=True)
+    up = host_units.UnitState("loaded", "active", enabled=True)
     units = {
-        services.MAIN_UNIT: up,
-        services.TARGET_UNIT: up,
-        "nginx.service": services.UnitState("loaded", "inactive"),
+        host_units.MAIN_UNIT: up,
+        host_units.TARGET_UNIT: up,
+        "nginx.service": host_units.UnitState("loaded", "inactive"),
     }
-    nginx_changed = services.Change(
+    nginx_changed = host_units.Change(
         "/etc/nginx/conf.d/x.conf", reloads=frozenset({"nginx.service"})
     )
-    actions = services.plan_service_actions([nginx_changed], [], units)
-    assert host_apply.readiness_units(actions) == ["nginx.service"]  # nothing else restarted
-    assert readiness["reachable"]["nginx.service"] == ["127.0.0.1", port]
-    problem = host_apply.unit_not_ready("nginx.service", ("loaded", "active"), readiness)
+    actions = host_units.plan_service_actions([nginx_changed], [], units)
+    assert host_readiness.readiness_units(actions) == ["nginx.service"]  # nothing else restarted
+    assert readiness.reachable["nginx.service"] == ("127.0.0.1", port)
+    problem = host_readiness.unit_not_ready("nginx.service", ("loaded", "active"), readiness)
     assert problem is not None and f"127.0.0.1:{port}" in problem
     with socket.create_server(("127.0.0.1", port)):  # nginx listening
-        assert host_apply.unit_not_ready("nginx.service", ("loaded", "active"), readiness) is None
+        assert (
+            host_readiness.unit_not_ready("nginx.service", ("loaded", "active"), readiness) is None
+        )
     assert (
-        host_apply.unit_not_ready("nginx.service", ("loaded", "failed"), readiness) == "is failed"
+        host_readiness.unit_not_ready("nginx.service", ("loaded", "failed"), readiness)
+        == "is failed"
     )
 
 
 def test_readiness_covers_exactly_the_units_the_run_restarted_or_started() -> None:
-    services = host_apply.services
-    up = services.UnitState("loaded", "active", enabled=True)
+    up = host_units.UnitState("loaded", "active", enabled=True)
     workers = ["generic-0", "generic-1", "pusher-0"]
     units = {
-        services.MAIN_UNIT: up,
-        services.TARGET_UNIT: up,
+        host_units.MAIN_UNIT: up,
+        host_units.TARGET_UNIT: up,
         "nginx.service": up,
-        **{services.worker_unit(w): up for w in workers},
+        **{host_units.worker_unit(w): up for w in workers},
     }
-    units[services.worker_unit("pusher-0")] = services.UnitState("loaded", "failed", enabled=True)
-    change = services.Change("/etc/matrix-synapse/workers/generic-1.yaml", frozenset({"generic-1"}))
-    nginx = services.Change("/etc/nginx/conf.d/x.conf", reloads=frozenset({"nginx.service"}))
-    actions = services.plan_service_actions([change, nginx], workers, units)
+    units[host_units.worker_unit("pusher-0")] = host_units.UnitState(
+        "loaded", "failed", enabled=True
+    )
+    change = host_units.Change(
+        "/etc/matrix-synapse/workers/generic-1.yaml", frozenset({"generic-1"})
+    )
+    nginx = host_units.Change("/etc/nginx/conf.d/x.conf", reloads=frozenset({"nginx.service"}))
+    actions = host_units.plan_service_actions([change, nginx], workers, units)
     # generic-1 restarted, pusher-0 started; nginx (reloaded) and the others are not waited for.
-    assert host_apply.readiness_units(actions) == [
-        services.worker_unit("generic-1"),
-        services.worker_unit("pusher-0"),
+    assert host_readiness.readiness_units(actions) == [
+        host_units.worker_unit("generic-1"),
+        host_units.worker_unit("pusher-0"),
     ]
 
 
@@ -522,19 +553,13 @@ def test_readiness_covers_exactly_the_units_the_run_restarted_or_started() -> No
 
 def test_an_unreachable_redis_is_reported_as_such(tmp_path: Path) -> None:
     port = free_port("127.0.0.1")  # nothing listens there any more
-    redis = {
-        "host": "127.0.0.1",
-        "port": port,
-        "path": None,
-        "channel": "example.org",
-        "subscribers": 3,
-    }
-    problem = host_apply.redis_not_ready(redis)
+    redis = RedisCheck(host="127.0.0.1", port=port, path=None, channel="example.org", subscribers=3)
+    problem = host_readiness.redis_not_ready(redis)
     assert problem is not None
     assert problem.startswith(f"cannot reach Redis at 127.0.0.1:{port}: ")
     assert "refused" in problem
     socket_path = str(tmp_path / "redis.sock")
-    problem = host_apply.redis_not_ready({**redis, "path": socket_path})
+    problem = host_readiness.redis_not_ready(dataclasses.replace(redis, path=socket_path))
     assert problem is not None and problem.startswith(f"cannot reach Redis at {socket_path}: ")
 
 
@@ -549,7 +574,7 @@ def test_failure_report_never_raises(tmp_path: Path, monkeypatch: pytest.MonkeyP
         script.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     unit = "matrix-synapse-worker@generic-0.service"
-    report = host_apply.failure_report([unit], every=True)
+    report = systemd.failure_report([unit], every=True)
     assert f"the state of {unit} could not be read" in report
     assert "Failed to connect to bus" in report
     assert f"--- {unit} is unknown; journal tail:" in report

@@ -30,12 +30,16 @@ def fake_systemctl(bin_dir: Path, output: str, rc: int = 0) -> None:
 
 
 def run_fact(root: Path, bin_dir: Path, **kwargs) -> subprocess.CompletedProcess[str]:
+    config, systemd = root / "etc/matrix-synapse", root / "etc/systemd/system"
     fact = SynapseHostState()
     command = fact.command(
-        config_dir=str(root / "etc/matrix-synapse"),
-        systemd_dir=str(root / "etc/systemd/system"),
-        pending_path=str(root / "journal.json"),
-        **kwargs,
+        systemd_dir=str(systemd),
+        journal_path=str(root / "journal.json"),
+        **{
+            "paths": [str(config / "homeserver.yaml"), str(systemd / "matrix-synapse.service")],
+            "globs": [str(config / "workers/*.yaml")],
+            **kwargs,
+        },
     )
     return subprocess.run(
         ["sh", "-c", command.get_raw_value()],
@@ -68,9 +72,14 @@ def test_the_fact_reads_managed_files_wherever_they_live(root: Path, tmp_path: P
     result = run_fact(
         root,
         tmp_path / "bin",
-        paths=[nginx, str(root / "absent.conf")],
+        paths=[
+            str(root / "etc/matrix-synapse/homeserver.yaml"),
+            str(root / "etc/systemd/system/matrix-synapse.service"),
+            nginx,
+            str(root / "absent.conf"),
+        ],
         directories=[str(root / "etc/matrix-synapse")],
-        extra_units=["nginx.service"],
+        reloaded_units=["nginx.service"],
     )
     assert result.returncode == 0, result.stderr
     state = SynapseHostState().process(result.stdout.splitlines())
@@ -79,8 +88,8 @@ def test_the_fact_reads_managed_files_wherever_they_live(root: Path, tmp_path: P
         str(config / "homeserver.yaml"),
         str(config / "workers/generic-0.yaml"),
         str(root / "etc/systemd/system/matrix-synapse.service"),
-        nginx,  # outside the scanned roots, read because it is managed (issue 9, bug 1)
-    }
+        nginx,  # read because it is managed, wherever it lives (issue 9, bug 1)
+    }  # other.service and default.conf are not asked for
     assert state.files[nginx].sha256 == hashlib.sha256(b"upstream a {}\n").hexdigest()
     assert state.files[nginx].mode == 0o644
     assert state.directories[str(config)][0] == 0o755
@@ -89,7 +98,7 @@ def test_the_fact_reads_managed_files_wherever_they_live(root: Path, tmp_path: P
         "loaded", "failed", True
     )
     assert state.units["nginx.service"].active
-    assert state.pending is False
+    assert state.journal_found is False
 
 
 def test_a_systemctl_failure_fails_the_fact(root: Path, tmp_path: Path) -> None:
@@ -125,7 +134,7 @@ def test_the_journal_is_reported(root: Path, tmp_path: Path) -> None:
     fake_systemctl(tmp_path / "bin", "")
     (root / "journal.json").write_text("[]")
     result = run_fact(root, tmp_path / "bin")
-    assert SynapseHostState().process(result.stdout.splitlines()).pending is True
+    assert SynapseHostState().process(result.stdout.splitlines()).journal_found is True
 
 
 @pytest.mark.parametrize(

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from deploys.core.drift import HostState, RemoteFile, compare
+from deploys.core.drift import FileState, HostState, compare
 from deploys.core.plan import build_plan
 from deploys.core.render import desired_state
 from deploys.core.settings import parse_settings
-from deploys.host import apply as host_apply
-from deploys.host.units import is_owned
+from deploys.host import apply as host_apply, batch
+from deploys.host.manifest import Account, BatchManifest, FileEntry, Manifest, Readiness
+from deploys.host.ownership import is_owned
 from tests.conftest import make_data
 
 
@@ -56,20 +57,35 @@ def test_controller_and_host_agree_on_stale_and_foreign_files(tmp_path: Path) ->
 
     # The controller's view: every file the fact's find would list under the config dir.
     files = {
-        str(p): RemoteFile(0o640, "root", "root", hashlib.sha256(p.read_bytes()).hexdigest())
+        str(p): FileState(0o640, "root", "root", hashlib.sha256(p.read_bytes()).hexdigest())
         for p in (tmp_path / "etc").rglob("*")
         if p.is_file()
     }
-    drift = compare(desired, HostState(files=files), secrets=())
-    manifest = {
-        "files": [{"path": p} for p in desired.files],
-        "owned_globs": list(desired.owned_globs),
-        "systemd_dir": settings.systemd_dir,
-        "watched_dirs": list(desired.shared_dirs),
-    }
-    host_stale = [path for path, _ in host_apply.stale_files(manifest)]
+    drift = compare(desired, HostState(files=files))
+    # The host's view: what it finds on disk, with the same globs and shared directories.
+    manifest = Manifest(
+        batch=BatchManifest(
+            files=tuple(FileEntry(p, "", 0o640, "root", "root", None) for p in desired.files),
+            lock_path="/unused",
+            lock_timeout=0,
+            owned_globs=desired.owned_globs,
+        ),
+        journal_path="/unused",
+        account=Account("root", "root", "/root"),
+        directories=(),
+        secrets=(),
+        signing_key=None,
+        synapse_check=None,
+        changes=(),
+        systemd_dir=settings.systemd_dir,
+        planned_workers=(),
+        reloaded_units=(),
+        shared_dirs=desired.shared_dirs,
+        readiness=Readiness(0),
+    )
+    host_stale = batch.find_stale(manifest.batch)
 
-    assert list(drift.stale) == host_stale == [str(stale)]
+    assert list(drift.files.stale) == host_stale == [str(stale)]
     assert (
         set(drift.left_alone)
         == set(host_apply.left_alone(manifest))
