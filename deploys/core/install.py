@@ -27,6 +27,14 @@ BASE_PACKAGES: Final = (
 POSTGRESQL_PACKAGES: Final = ("postgresql",)
 
 
+# The probes the install fact and the install script share: is the Debian package in ``$p``
+# installed (exit status), and which Synapse does a python import (printed; fails without one).
+PACKAGE_INSTALLED: Final = (
+    "dpkg-query -W -f='${Status}' \"$p\" 2>/dev/null | grep -q 'install ok installed'"
+)
+SYNAPSE_VERSION: Final = "import synapse; print(synapse.__version__)"
+
+
 def packages(settings: Settings) -> tuple[str, ...]:
     if settings.database.install_postgresql:
         return BASE_PACKAGES + POSTGRESQL_PACKAGES
@@ -51,7 +59,7 @@ def install_script(settings: Settings) -> str:
 export DEBIAN_FRONTEND=noninteractive
 missing=""
 for p in {wanted}; do
-  dpkg-query -W -f='${{Status}}' "$p" 2>/dev/null | grep -q 'install ok installed' \
+  {PACKAGE_INSTALLED} \
     || missing="$missing $p"
 done
 if [ -n "$missing" ]; then
@@ -64,7 +72,7 @@ if [ ! -x {venv}/bin/pip ]; then
   {venv}/bin/pip install -q --upgrade pip
   echo "pyinfra-synapse: created virtualenv {venv}"
 fi
-have=$({venv}/bin/python -c 'import synapse; print(synapse.__version__)' 2>/dev/null || true)
+have=$({venv}/bin/python -c '{SYNAPSE_VERSION}' 2>/dev/null || true)
 if [ "$have" != {version} ]; then
   {venv}/bin/pip install -q {requirement}
   echo "pyinfra-synapse: matrix-synapse ${{have:-none}} -> "{version}

@@ -1,12 +1,26 @@
-"""Fact: the Synapse role and database on the local PostgreSQL server."""
+"""Fact: the Synapse role and database on the local PostgreSQL server. Paired with
+``deploys/operations/postgres.py``."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from pyinfra.api import FactBase, QuoteString, StringCommand
 from typing_extensions import override
 
+from deploys.core.postgres import quote_literal
 
-class PostgresDatabase(FactBase[dict[str, object]]):
+
+@dataclass(frozen=True)
+class Database:
+    """What PostgreSQL has; all None before PostgreSQL is installed."""
+
+    role_verifier: str | None = None  # the role's stored password verifier; None: no role
+    collation: tuple[str, str] | None = None  # the database's (collate, ctype); None: no database
+    max_connections: int | None = None
+
+
+class PostgresDatabase(FactBase[Database]):
     """
     Returns, from the local PostgreSQL server, the role's stored password verifier (or None if
     the role is missing), whether the database exists with its collation and ctype, and
@@ -20,19 +34,15 @@ class PostgresDatabase(FactBase[dict[str, object]]):
         host.get_fact(PostgresDatabase, user="synapse", dbname="synapse")
     """
 
-    @staticmethod
-    def default() -> dict[str, object]:
-        return {}
+    default = Database
 
     @override
     def command(self, user: str, dbname: str) -> StringCommand:
-        def literal(value: str) -> str:
-            return "'" + value.replace("'", "''") + "'"
-
         queries = [
             "SELECT 'role', coalesce(rolpassword, '') FROM pg_authid"
-            f" WHERE rolname = {literal(user)}",
-            f"SELECT 'db', datcollate, datctype FROM pg_database WHERE datname = {literal(dbname)}",
+            f" WHERE rolname = {quote_literal(user)}",
+            "SELECT 'db', datcollate, datctype FROM pg_database"
+            f" WHERE datname = {quote_literal(dbname)}",
             "SELECT 'max', setting FROM pg_settings WHERE name = 'max_connections'",
         ]
         return StringCommand(
@@ -43,14 +53,15 @@ class PostgresDatabase(FactBase[dict[str, object]]):
         )
 
     @override
-    def process(self, output: list[str]) -> dict[str, object]:
-        result: dict[str, object] = {}
+    def process(self, output: list[str]) -> Database:
+        role_verifier, collation, max_connections = None, None, None
         for line in output:
             kind, _, rest = line.partition("|")
             if kind == "role":
-                result["role_verifier"] = rest
+                role_verifier = rest
             elif kind == "db":
-                result["collation"] = tuple(rest.split("|"))
+                collate, _, ctype = rest.partition("|")
+                collation = (collate, ctype)
             elif kind == "max":
-                result["max_connections"] = int(rest)
-        return result
+                max_connections = int(rest)
+        return Database(role_verifier, collation, max_connections)

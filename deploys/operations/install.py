@@ -33,7 +33,7 @@ def install_synapse(packages: Sequence[str], venv_path: str, version: str, scrip
         )
     """
     installed = host.get_fact(SynapseInstallation, packages=packages, venv_path=venv_path)
-    if not installed["missing"] and installed["synapse"] == version:
+    if not installed.missing and installed.synapse == version:
         host.noop(f"matrix-synapse {version} and {len(packages)} packages already installed")
         return
     yield StringCommand("sh", "-c", QuoteString(script))

@@ -32,11 +32,11 @@ def postgres_database(user: str, dbname: str, password: str, max_connections: in
         )
     """
     current = host.get_fact(PostgresDatabase, user=user, dbname=dbname)
-    collation = current.get("collation")
+    collation = current.collation
     if (
-        scram_matches(current.get("role_verifier"), password)  # type: ignore[arg-type]
+        scram_matches(current.role_verifier, password)
         and collation == ("C", "C")
-        and current.get("max_connections") == max_connections
+        and current.max_connections == max_connections
     ):
         host.noop(f"PostgreSQL role {user} and database {dbname} as planned")
         return
@@ -48,5 +48,5 @@ def postgres_database(user: str, dbname: str, password: str, max_connections: in
     yield StringCommand(
         "runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -d postgres", _stdin=sql
     )
-    if current.get("max_connections") != max_connections:
+    if current.max_connections != max_connections:
         yield StringCommand("systemctl restart postgresql")
