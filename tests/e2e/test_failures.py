@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.checks import assert_rerun_changes_nothing
-from tests.support.deploying import Run, main_pids, pyinfra, write_inventory
+from tests.support.deploying import Run, assert_no_changes, main_pids, pyinfra, write_inventory
 from tests.support.synapse_tree import E2E_SETTINGS, ensure_synapse_tree
 from tests.support.testhost import TestHost
 
@@ -46,7 +45,7 @@ class Cluster:
         self.assert_converged(**settings)
 
     def assert_converged(self, **settings: Any) -> None:
-        assert_rerun_changes_nothing(self.deploy(**settings), self.host)
+        assert_no_changes(self.deploy(**settings), self.host.name, commands=None)
         assert not self.journal_exists()
 
     def journal_exists(self) -> bool:

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.checks import assert_rerun_changes_nothing, assert_verify_passes_with_live_checks
-from tests.support.deploying import main_pids, pyinfra, write_inventory
+from tests.support.deploying import assert_no_changes, main_pids, pyinfra, write_inventory
 from tests.support.synapse_tree import E2E_SETTINGS, ensure_synapse_tree
 from tests.support.testhost import TestHost
+from tests.support.verifying import assert_verify_passes_with_live_checks
 
 pytestmark = pytest.mark.integration
 
@@ -167,7 +167,7 @@ def test_one_of_each_cluster_serves_and_routes(
     restarted = {u for u in before if before[u] != after.get(u)}
     assert restarted == set(), restarted
     assert host.ssh("redis-cli PUBSUB NUMSUB example.org").stdout.split()[-1] == "18"
-    assert_rerun_changes_nothing(pyinfra(tmp_path, inventory), host)
+    assert_no_changes(pyinfra(tmp_path, inventory), host.name, commands=None)
     assert_verify_passes_with_live_checks(host, inventory)  # 18 workers now
 
 

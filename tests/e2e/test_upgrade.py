@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from deploys.core.settings import load_defaults
-from tests.e2e.checks import assert_rerun_changes_nothing
-from tests.support.deploying import main_pids, pyinfra, write_inventory
+from tests.support.deploying import assert_no_changes, main_pids, pyinfra, write_inventory
 from tests.support.synapse_tree import (
     E2E_SETTINGS,
     PREVIOUS_VERSION,
@@ -64,4 +63,4 @@ def test_a_new_pin_upgrades_synapse_and_restarts_every_process(
     after = main_pids(host)
     processes = [u for u in before if u.endswith(".service")]
     assert len(processes) == 2 and all(before[u] != after[u] for u in processes)
-    assert_rerun_changes_nothing(deploy(CURRENT_VERSION), host)
+    assert_no_changes(deploy(CURRENT_VERSION), host.name, commands=None)

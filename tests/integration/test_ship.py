@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from deploys.core.plan import build_plan
-from deploys.core.render import health_ports
-from deploys.core.settings import REPO_ROOT, parse_settings
 from tests.support.deploying import (
-    STANDIN_SETTINGS,
     apply_commands,
     assert_no_changes,
     host_snapshot,
@@ -23,8 +17,8 @@ from tests.support.deploying import (
     pyinfra,
     write_inventory,
 )
-from tests.support.settings_data import make_data
 from tests.support.testhost import TestHost
+from tests.support.verifying import assert_verify_passes_with_live_checks
 
 pytestmark = pytest.mark.integration
 
@@ -328,41 +322,6 @@ def test_round_trips_do_not_grow_with_workers(tmp_path: Path, host: TestHost, wo
 def test_verify_suite_passes_against_the_deployed_host(tmp_path: Path, host: TestHost) -> None:
     inventory = write_inventory(tmp_path / "inventory.py", [(host, generic(5))])
     assert pyinfra(tmp_path, inventory, "-y").returncode == 0
-    verify = "tests/verify/test_synapse_host.py"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "tests/verify",
-            f"--hosts={host.testinfra_spec()}",
-            f"--inventory={inventory}",
-            "-v",
-            "-p",
-            "no:cacheprovider",
-            "-o",
-            "addopts=",
-            # The live checks run too (the stand-in listens, answers /health and subscribes to
-            # Redis), except the two that call curl, which the base test tree does not have:
-            # they are made below with the host's python3.
-            f"--deselect={verify}::test_health_answers_ok",
-            f"--deselect={verify}::test_nginx_config_is_valid_and_routes",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert " failed" not in result.stdout
-    passed = [line for line in result.stdout.splitlines() if " PASSED" in line]
-    assert any("::test_every_process_is_subscribed_to_redis" in line for line in passed)
-    # main's and every worker's listeners (15 one-of-each workers + 5 generic)
-    assert sum("::test_listener_is_listening[" in line for line in passed) >= 5 + 15 + 1
-    # What the deselected checks do, without curl: every process answers /health on the port
-    # readiness probes, and nginx answers the client API.
-    data = parse_settings(make_data(**STANDIN_SETTINGS, **generic(5)))
-    for unit, port in health_ports(build_plan(data, host.name)).items():
-        assert http_get(host, f"http://127.0.0.1:{port}/health")[::2] == (200, "OK"), unit
-    assert host.ssh("nginx -t", check=False).returncode == 0
-    assert http_get(host, "http://127.0.0.1:8088/_matrix/client/versions")[0] == 200
+    # Every check, the live ones included (the stand-in listens, answers /health and subscribes
+    # to Redis; nginx routes to it), as many as the host's own config files call for.
+    assert_verify_passes_with_live_checks(host, inventory)

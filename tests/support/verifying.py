@@ -1,5 +1,6 @@
-"""Checks shared by the real-Synapse e2e tests: a rerun that changes nothing, and tests/verify run
-against the cluster with its live checks."""
+"""Run the operator's verification suite (tests/verify) against a test host and hold it to account:
+everything passed, nothing skipped or deselected, and every live check ran as often as the host's
+own config files call for."""
 
 from __future__ import annotations
 
@@ -7,53 +8,20 @@ import re
 import subprocess
 import sys
 from collections import Counter
-from itertools import pairwise
 from pathlib import Path
 
 import yaml
 
 from deploys.core.settings import REPO_ROOT
-from tests.support.deploying import Run
 from tests.support.testhost import TestHost
 
-# Only the apply command (archive on stdin, the host program) contains these.
-APPLY_MARKERS = ("host.apply", "base64 -d")
-# tests/verify checks that need the real Synapse running, by test function.
+# tests/verify checks that need Synapse (or the stand-in) running, by test function.
 LIVE_CHECKS = (
     "test_listener_is_listening",
     "test_health_answers_ok",
     "test_every_process_is_subscribed_to_redis",
     "test_nginx_config_is_valid_and_routes",
 )
-
-
-def results_table(output: str) -> dict[str, tuple[str, ...]]:
-    """pyinfra's "--> Results:" table: operation (and "Grand total") -> (Hosts, Success, Error,
-    No Change), cut at the header's column positions ("-" for none)."""
-    columns = ("Hosts", "Success", "Error", "No Change")
-    assert "--> Results:" in output, output[-4000:]
-    header, *lines = output.split("--> Results:", 1)[1].splitlines()[1:]
-    starts = [header.index(column) for column in columns]
-    rows = {}
-    for line in lines:
-        if not line.strip():
-            break
-        cuts = [*starts, len(line)]
-        rows[line[: starts[0]].strip()] = tuple(line[a:b].strip() for a, b in pairwise(cuts))
-    assert "Grand total" in rows, output[-4000:]
-    return rows
-
-
-def assert_rerun_changes_nothing(run: Run, host: TestHost) -> None:
-    """Every operation "No changes" on the host, and no apply command was sent."""
-    assert run.returncode == 0, run.output[-4000:]
-    for operation, (hosts, *cells) in results_table(run.output).items():
-        assert hosts != "-" and cells == ["-", "-", hosts], (operation, run.output[-4000:])
-    assert f"[{host.name}] No changes" in run.output, run.output[-4000:]
-    assert f"[{host.name}] Success" not in run.output, run.output[-4000:]
-    lines = run.command_lines.get(host.name, [])
-    assert lines, "no command was counted: the counter is broken"
-    assert [x for x in lines if any(m in x for m in APPLY_MARKERS)] == [], lines
 
 
 def live_check_counts(host: TestHost) -> Counter[str]:
