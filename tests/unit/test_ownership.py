@@ -13,9 +13,9 @@ from deploys.core.drift import FileState, HostState, compare
 from deploys.core.plan import build_plan
 from deploys.core.render import desired_state
 from deploys.core.settings import parse_settings
-from deploys.host import apply as host_apply, batch
+from deploys.host import apply as host_apply, batch, prerequisites
 from deploys.host.manifest import Account, BatchManifest, FileEntry, Manifest, Readiness
-from deploys.host.ownership import is_owned
+from deploys.host.ownership import is_owned, secret_present
 from tests.conftest import make_data
 
 
@@ -94,3 +94,18 @@ def test_controller_and_host_agree_on_stale_and_foreign_files(tmp_path: Path) ->
             str(workers / "README"),
         }
     )
+
+
+@pytest.mark.parametrize(("size", "present"), [(None, False), (0, False), (1, True), (64, True)])
+def test_a_secret_is_present_when_its_file_is_not_empty(size: int | None, present: bool) -> None:
+    assert secret_present(size) is present
+
+
+def test_the_host_regenerates_an_empty_secret_and_keeps_a_real_one(tmp_path: Path) -> None:
+    # The same rule on the host: an empty file (e.g. a disk that filled up) is not a secret.
+    empty, kept = tmp_path / "empty", tmp_path / "kept"
+    empty.write_bytes(b"")
+    kept.write_bytes(b"do-not-replace")
+    assert prerequisites.ensure_secret(str(empty), "root", "root") is True
+    assert prerequisites.ensure_secret(str(kept), "root", "root") is False
+    assert len(empty.read_bytes()) > 32 and kept.read_bytes() == b"do-not-replace"
