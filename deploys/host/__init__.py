@@ -1,2 +1,23 @@
-"""The program shipped to and run on the host (``python3 -m host.apply STAGE``). Standard library
-only; the controller imports the same modules for the rules both sides need."""
+"""The program shipped to and run on the host. Standard library only; imports inside are relative.
+Every module here travels as the package ``host/`` in the archive; the controller imports the
+same modules for the rules both sides need.
+
+Programs:
+    apply      the Synapse apply (``python3 -m host.apply STAGE``): batch + journal, secrets,
+               checks, systemd actions, readiness
+    batch      a batch of files applied atomically under a lock (``python3 -m host.batch STAGE``)
+    synapse_check  loads Synapse configs (run with the Synapse virtualenv's python)
+
+Steps of apply:
+    manifest   what the controller asks for: typed dataclasses with a checked JSON codec
+    files      atomic write, undo (rollback), attributes, removal
+    journal    the changes a run owes until its services are ready
+    checks     which checks a run must pass before any process sees its files
+    prerequisites  account, directories, generated secrets
+    systemd    read unit states, run actions, report failures
+    readiness  wait until every (re)started unit is ready
+
+Rules both sides use:
+    ownership  which files are ours, stale, left alone; is a path under a directory; secret present
+    units      unit names, list-units parsing, change records, "what changed" -> systemd actions
+"""
