@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -167,8 +168,6 @@ def staged_content(entry: FileEntry, stage: Path) -> bytes:
 
 def find_stale(manifest: BatchManifest) -> list[str]:
     """Files of ours (by ``owned_globs``, as the shell expands them) that the plan no longer has."""
-    import glob
-
     found = {p for pattern in manifest.owned_globs for p in glob.glob(pattern) if os.path.isfile(p)}
     return ownership.stale_paths(found, (e.path for e in manifest.files), manifest.owned_globs)
 
