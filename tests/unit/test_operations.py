@@ -21,7 +21,7 @@ from deploys.core.drift import FileState, HostState, sha256
 from deploys.core.plan import build_plan
 from deploys.core.render import desired_state
 from deploys.core.settings import parse_settings
-from deploys.facts.files import FileStates
+from deploys.facts.files import FileLines, FileStates
 from deploys.facts.install import Installation, SynapseInstallation
 from deploys.facts.postgres import Database, PostgresDatabase
 from deploys.facts.synapse import SynapseHostState
@@ -270,3 +270,28 @@ def test_apply_desired_state(mutate, payloads: list[str] | None, secrets_missing
         "matrix-synapse",
         "/var/lib/matrix-synapse",
     )
+
+
+def test_batch_previews_each_change_once_with_diff() -> None:
+    found = {
+        **converged(),
+        "/etc/demo/1.conf": state_of(DEMO[1], sha256="0" * 64),
+        "/etc/demo/2.conf": state_of(DEMO[2], mode=0o600),
+        "/etc/demo/9.conf": state_of(DEMO[0]),
+    }
+    del found[MAIN.path]
+    outcome = run_operation(
+        batch,
+        {FileStates: found, FileLines: {"/etc/demo/1.conf": ["id = old"]}},
+        diff=True,
+        files=[*DEMO, MAIN],
+        owned_globs=["/etc/demo/[0-9]*.conf"],
+    )
+    logs = "\n".join(outcome.host.logs)
+    for line in ("Will create", MAIN.path, "Will modify", "/etc/demo/1.conf", "Will remove"):
+        assert line in logs
+    assert "Will set /etc/demo/2.conf to mode 640, owner root:root" in logs
+    # The old content was read in one fact, for the modified file only.
+    assert [args for fact, args in outcome.host.reads if fact is FileLines] == [
+        {"paths": ["/etc/demo/1.conf"]}
+    ]
