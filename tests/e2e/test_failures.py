@@ -74,7 +74,7 @@ def test_a_killed_apply_is_finished_by_the_next_run(cluster: Cluster) -> None:
     # the restarts they need have not happened yet.
     host.ssh(
         "for i in $(seq 600); do pgrep -f [s]ynapse_check.py >/dev/null && break; sleep 0.05; "
-        "done; pkill -9 -f [r]emote_apply.py; pkill -9 -f [s]ynapse_check.py"
+        "done; pkill -9 -f '^python3 -m [h]ost[.]apply '; pkill -9 -f [s]ynapse_check.py"
     )
     deploying.join()
     assert runs[0].returncode != 0
