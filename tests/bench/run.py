@@ -52,7 +52,7 @@ from typing import Any
 
 from deploys.core.settings import REPO_ROOT
 from tests.bench.latency_proxy import LatencyProxy
-from tests.support.deploying import install_standin, write_inventory
+from tests.support.deploying import counted_pyinfra, install_standin, write_inventory
 from tests.support.testhost import TestHost, ensure_base_tree, missing_prerequisites
 
 OURS = "deploys/synapse.py"
@@ -188,15 +188,7 @@ def run_pyinfra(workdir: Path, inventory: Path, deploy: str, hosts: Sequence[Ben
     with open(log, "w") as output:
         started = time.monotonic()
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.support.pyinfra_counted",
-                str(counts),
-                "--",
-                str(inventory),
-                deploy,
-            ],
+            counted_pyinfra(counts, inventory, deploy),
             cwd=REPO_ROOT,
             stdin=subprocess.PIPE,
             stdout=output,

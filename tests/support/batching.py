@@ -3,14 +3,10 @@ host through the pyinfra CLI, counting SSH commands."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from deploys.core.settings import REPO_ROOT
-from tests.support.deploying import Run
+from tests.support.deploying import Run, pyinfra
 from tests.support.testhost import TestHost
 
 DEMO_DEPLOY = "tests/batch/demo_deploy.py"
@@ -21,32 +17,7 @@ def deploy_demo(tmp_path: Path, host: TestHost, *args: str, **data: Any) -> Run:
     name, connection = host.inventory_entry()
     inventory = tmp_path / "demo_inventory.py"
     inventory.write_text(f"hosts = {[(name, {**connection, **data})]!r}\n")
-    counts = tmp_path / f"counts-{len(list(tmp_path.glob('counts-*')))}.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tests.support.pyinfra_counted",
-            str(counts),
-            "--",
-            str(inventory),
-            DEMO_DEPLOY,
-            *args,
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        input="\n",
-    )
-    data_ = json.loads(counts.read_text()) if counts.exists() else {}
-    return Run(
-        proc.returncode,
-        proc.stdout + proc.stderr,
-        data_.get("commands", {}),
-        data_.get("uploads", {}),
-        data_.get("command_lines", {}),
-    )
+    return pyinfra(tmp_path, inventory, *args, deploy=DEMO_DEPLOY)
 
 
 def batch_applies(run: Run, host: TestHost) -> list[str]:

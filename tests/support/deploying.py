@@ -73,20 +73,24 @@ def write_inventory(
     return path
 
 
-def pyinfra(tmp_path: Path, inventory: Path, *args: str, timeout: float = 600) -> Run:
-    """Run ``pyinfra INVENTORY deploys/synapse.py ARGS`` from the repo root, counting commands."""
+def counted_pyinfra(counts: Path, inventory: Path, deploy: str, *args: str) -> list[str]:
+    """The command line of ``pyinfra INVENTORY DEPLOY ARGS`` with every SSH command counted into
+    ``counts`` (tests/support/pyinfra_counted.py); run it from the repository root."""
+    command = [sys.executable, "-m", "tests.support.pyinfra_counted", str(counts), "--"]
+    return [*command, str(inventory), deploy, *args]
+
+
+def pyinfra(
+    tmp_path: Path,
+    inventory: Path,
+    *args: str,
+    deploy: str = "deploys/synapse.py",
+    timeout: float = 600,
+) -> Run:
+    """Run ``pyinfra INVENTORY DEPLOY ARGS`` from the repo root, counting commands."""
     counts = tmp_path / f"counts-{len(list(tmp_path.glob('counts-*')))}.json"
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tests.support.pyinfra_counted",
-            str(counts),
-            "--",
-            str(inventory),
-            "deploys/synapse.py",
-            *args,
-        ],
+        counted_pyinfra(counts, inventory, deploy, *args),
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
