@@ -26,7 +26,6 @@ def configure_synapse(settings: Settings, plan: WorkerPlan) -> None:
         user=settings.user,
         group=settings.group,
         home=settings.data_dir,
-        config_dir=settings.config_dir,
         systemd_dir=settings.systemd_dir,
         lock_timeout=settings.deploy_lock_timeout,
     )

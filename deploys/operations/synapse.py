@@ -36,9 +36,8 @@ def apply_desired_state(
     user: str,
     group: str,
     home: str,
-    config_dir: str = "/etc/matrix-synapse",
-    systemd_dir: str = "/etc/systemd/system",
-    lock_timeout: int = 600,
+    systemd_dir: str,
+    lock_timeout: int,
 ):
     """
     Converge every file, worker and unit of a Synapse host: write new and changed files, remove
@@ -51,7 +50,6 @@ def apply_desired_state(
     + user: the system user Synapse runs as, created if missing
     + group: its group, created if missing
     + home: its home directory (the data directory)
-    + config_dir: Synapse's configuration directory
     + systemd_dir: directory for unit files and drop-ins
     + lock_timeout: seconds to wait for another deploy holding the host lock
 
@@ -73,6 +71,8 @@ def apply_desired_state(
             user="matrix-synapse",
             group="matrix-synapse",
             home="/var/lib/matrix-synapse",
+            systemd_dir="/etc/systemd/system",
+            lock_timeout=600,
         )
     """
     reloaded_units = reloaded(desired)

@@ -16,8 +16,10 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from deploys.core.settings import REPO_ROOT
+from deploys.core.plan import build_plan
+from deploys.core.settings import REPO_ROOT, parse_settings
 from tests.support.deploying import write_inventory
+from tests.support.settings_data import make_data
 from tests.support.synapse_tree import E2E_SETTINGS, ensure_synapse_tree
 from tests.support.testhost import TestHost
 
@@ -60,7 +62,9 @@ def main() -> int:
             cwd=REPO_ROOT,
             check=True,
         )
-        port = host.forward(8088)  # nginx, in front of main and every worker
+        settings = parse_settings(make_data(**DEMO_SETTINGS))
+        main_http = build_plan(settings, host.name).main.listener("http").port
+        port = host.forward(settings.nginx.listen_port)  # nginx, before main and every worker
         url = f"http://127.0.0.1:{port}/_matrix/client/versions"
         with urllib.request.urlopen(url, timeout=30) as response:  # proves the route from here
             versions = json.load(response)["versions"]
@@ -69,7 +73,7 @@ Synapse (example.org) runs on {host.name} with the one-of-each workers behind ng
   homeserver:  {url}  (answers: {", ".join(versions[-3:])}, ...)
   a user:      ssh -F {host.ssh_config} {host.name} \\
                  /opt/venvs/matrix-synapse/bin/register_new_matrix_user \\
-                 -c /etc/matrix-synapse/homeserver.yaml -u alice -p secret --no-admin http://127.0.0.1:8008
+                 -c /etc/matrix-synapse/homeserver.yaml -u alice -p secret --no-admin http://127.0.0.1:{main_http}
   shell:       ssh -F {host.ssh_config} {host.name}
   redeploy:    .venv/bin/pyinfra {inventory} deploys/synapse.py --dry --diff
   verify:      .venv/bin/pytest tests/verify --hosts={host.testinfra_spec()} \\

@@ -216,6 +216,8 @@ def synapse_case(mutate) -> tuple[list[str], Any]:
         user="matrix-synapse",
         group="matrix-synapse",
         home="/var/lib/matrix-synapse",
+        systemd_dir=settings.systemd_dir,
+        lock_timeout=settings.deploy_lock_timeout,
     )
     return outcome.shell, outcome
 
