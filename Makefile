@@ -17,7 +17,7 @@ demo: deps
 	$(VENV)/bin/python -m tests.support.demo
 
 # Our deploy vs one pyinfra operation per file, 13 / 130 / 1,000 workers at 24 ms RTT, on
-# throwaway test hosts; prints one markdown table (about 45 minutes; BENCH_ARGS=--quick: ~3).
+# throwaway test hosts; prints one markdown table (about 26 minutes; BENCH_ARGS=--quick: ~3).
 .PHONY: bench
 bench: deps
 	$(VENV)/bin/python -m tests.bench.run $(BENCH_ARGS)
