@@ -20,7 +20,7 @@ import pytest
 from deploys.core.plan import MAIN, Process, WorkerPlan, build_plan
 from deploys.core.render import desired_state, paths_for
 from deploys.core.settings import Settings, parse_settings
-from tests.conftest import make_data
+from tests.support.settings_data import make_data
 
 pytestmark = pytest.mark.synapse
 

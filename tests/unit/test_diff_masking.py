@@ -9,7 +9,7 @@ from deploys.core.plan import build_plan
 from deploys.core.render import desired_state
 from deploys.core.settings import parse_settings
 from deploys.operations.synapse import SECRET_MASK, mask_secret_values
-from tests.conftest import make_data
+from tests.support.settings_data import make_data
 
 
 @pytest.mark.parametrize(

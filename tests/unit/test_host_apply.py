@@ -51,7 +51,7 @@ from deploys.host.manifest import (
 )
 from deploys.operations.files import archive
 from deploys.operations.synapse import build_manifest
-from tests.conftest import make_data
+from tests.support.settings_data import make_data
 
 REPO = Path(__file__).resolve().parents[2]
 ACCOUNT_USER, ACCOUNT_GROUP = "daemon", "daemon"  # exist on Debian; no account created here

@@ -16,7 +16,7 @@ from deploys.core.settings import parse_settings
 from deploys.host import apply as host_apply, batch, prerequisites
 from deploys.host.manifest import Account, BatchManifest, FileEntry, Manifest, Readiness
 from deploys.host.ownership import is_owned, secret_present
-from tests.conftest import make_data
+from tests.support.settings_data import make_data
 
 
 @pytest.mark.parametrize(

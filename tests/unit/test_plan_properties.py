@@ -12,7 +12,7 @@ from deploys.core.render import desired_state, paths_for
 from deploys.core.settings import Settings, parse_settings
 from deploys.core.settings.worker_list import WORKER_NAME_RE
 from deploys.core.worker_types import PRESETS, SPECIALISED_TYPE_KEYS, STREAMS, WORKER_TYPES
-from tests.conftest import make_data
+from tests.support.settings_data import make_data
 from tests.unit.test_settings import (
     assert_no_two_listeners_share_a_port,
     expected_ports,

@@ -28,7 +28,7 @@ from deploys.core.routing import (
 )
 from deploys.core.settings import Settings, SettingsError, parse_settings
 from deploys.core.worker_types import STREAM_WRITER, STREAMS, WORKER_TYPES, Routing
-from tests.conftest import make_data
+from tests.support.settings_data import make_data
 
 # --- Plans ------------------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from deploys.core.worker_types import (
     WORKER_TYPES,
     WorkerType,
 )
-from tests.conftest import make_data
+from tests.support.settings_data import make_data
 
 
 def plan_for(**overrides: Any):

@@ -11,7 +11,7 @@ import pytest
 from deploys.core.plan import build_plan
 from deploys.core.render import desired_state
 from deploys.core.settings import parse_settings
-from tests.conftest import make_data
+from tests.support.settings_data import make_data
 
 SYSTEMD_UNITS = Path("/usr/lib/systemd/system")
 
