@@ -14,7 +14,14 @@ from typing import Any
 
 import pytest
 
-from tests.support.deploying import Run, install_standin, main_pids, pyinfra, write_inventory
+from tests.support.deploying import (
+    Run,
+    front_workers,
+    install_standin,
+    main_pids,
+    pyinfra,
+    write_inventory,
+)
 from tests.support.faults import (
     JOURNAL_PATH,
     STANDIN_FAULT_DIR,
@@ -92,17 +99,8 @@ READINESS_TIMEOUT = 8
 
 
 def fronts(front_1_port: int, **extra: Any) -> dict[str, Any]:
-    entries = [
-        {
-            "name": f"front-{i}",
-            "type": "generic_worker",
-            "port": 15000 + i,
-            "metrics_port": 25000 + i,
-        }
-        for i in range(3)
-    ]
-    entries[1]["port"] = front_1_port  # changes front-1's own file only: restarts only front-1
-    return {**WORKERS_ON, "matrix_synapse_workers_enabled_list": entries, **extra}
+    # Moving front-1's port changes its own file only: restarts only front-1.
+    return {**front_workers(3, ports={1: front_1_port}), **extra}
 
 
 def test_a_worker_that_never_answers_health_fails_the_run_naming_it_with_its_journal(

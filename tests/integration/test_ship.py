@@ -11,6 +11,7 @@ import pytest
 from tests.support.deploying import (
     apply_commands,
     assert_no_changes,
+    front_workers,
     host_snapshot,
     install_standin,
     main_pids,
@@ -141,17 +142,7 @@ def test_first_deploy_creates_everything_and_a_rerun_changes_nothing(
 
 def test_changing_one_worker_restarts_exactly_that_worker(tmp_path: Path, host: TestHost) -> None:
     def workers(port: int) -> dict[str, Any]:
-        entries = [
-            {
-                "name": f"front-{i}",
-                "type": "generic_worker",
-                "port": 15000 + i,
-                "metrics_port": 25000 + i,
-            }
-            for i in range(5)
-        ]
-        entries[2]["port"] = port
-        return {**WORKERS_ON, "matrix_synapse_workers_enabled_list": entries}
+        return front_workers(5, ports={2: port})
 
     assert deploy(tmp_path, host, workers(15002), "-y").returncode == 0
     before = main_pids(host)

@@ -58,6 +58,21 @@ def install_standin(host: TestHost, user: str = "root") -> None:
 STANDIN_SETTINGS = {"matrix_synapse_install_enabled": False, "matrix_synapse_config_check": False}
 
 
+def front_workers(count: int, *, ports: dict[int, int] | None = None) -> dict[str, Any]:
+    """Host data for ``count`` generic workers ``front-<i>`` from an enabled list, worker i on
+    port 15000 + i unless ``ports`` moves it (a change to that worker's own file only)."""
+    entries = [
+        {
+            "name": f"front-{i}",
+            "type": "generic_worker",
+            "port": (ports or {}).get(i, 15000 + i),
+            "metrics_port": 25000 + i,
+        }
+        for i in range(count)
+    ]
+    return {"matrix_synapse_workers_enabled": True, "matrix_synapse_workers_enabled_list": entries}
+
+
 def write_inventory(
     path: Path,
     hosts: list[tuple[TestHost, dict[str, Any]]],
