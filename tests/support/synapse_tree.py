@@ -31,12 +31,12 @@ def ensure_previous_synapse_tree() -> Path:
     previous = parse_settings(make_data(**E2E_SETTINGS, matrix_synapse_version=PREVIOUS_VERSION))
     commands = [
         install_script(previous),
-        f"mkdir -p /wheelhouse && {current.venv_path}/bin/pip download -q -d /wheelhouse "
-        f"'matrix-synapse[postgres,redis]=={current.version}'",
+        f"mkdir -p /wheelhouse && {current.install.venv_path}/bin/pip download -q -d /wheelhouse "
+        f"'matrix-synapse[postgres,redis]=={current.install.version}'",
         "printf '[global]\\nno-index = true\\nfind-links = /wheelhouse\\n' > /etc/pip.conf",
     ]
     return ensure_derived_tree(
-        "synapse-previous", commands, version=f"1-{PREVIOUS_VERSION}-{current.version}"
+        "synapse-previous", commands, version=f"1-{PREVIOUS_VERSION}-{current.install.version}"
     )
 
 
