@@ -13,6 +13,7 @@ from pyinfra.api import operation
 
 from deploys.core.drift import Drift, HostState, change_of, compare
 from deploys.core.render import DesiredState
+from deploys.core.secret_keys import looks_secret
 from deploys.facts.synapse import SynapseHostState
 from deploys.host.journal import JOURNAL_PATH
 from deploys.host.manifest import Account, BatchManifest, Manifest, to_json
@@ -179,22 +180,19 @@ def _show_diff(drift: Drift, actions: ServiceActions) -> None:
         host.log(f"Will run: {' '.join(command)}", logger.info)
 
 
-# A YAML (or nginx/ini-like) line whose key names a secret: `  form_secret: "abc"`.
-_SECRET_LINE = re.compile(
-    r"^(?P<key>\s*(?:-\s+)?[\"']?[\w.-]*(?:pass|secret|token|private_key)[\w.-]*[\"']?\s*[:=])"
-    r"\s*(?P<value>\S.*)$",
-    re.IGNORECASE,
+# A YAML (or ini-like) line with a key and a value: `  form_secret: "abc"`, `- as_token: x`.
+_KEY_VALUE_LINE = re.compile(
+    r"^(?P<key>\s*(?:-\s+)?[\"']?(?P<name>[\w.-]+)[\"']?\s*[:=])\s*(?P<value>\S.*)$"
 )
 
 
 def mask_secret_values(lines: Sequence[str]) -> list[str]:
-    """Lines with the value of every secret-looking key (``*pass*``, ``*secret*``, ``*token*``, ...)
-    replaced, so no diff ever prints one; paths to secret files (``*_path``) stay readable."""
+    """Lines with the value of every key that ``looks_secret`` replaced, so no diff ever prints
+    one; paths to secret files (``*_path``) stay readable."""
     masked = []
     for line in lines:
-        match = _SECRET_LINE.match(line)
-        key = match.group("key").strip(" -:=\"'").lower() if match else ""
-        if match and not key.endswith(("path", "file")):
+        match = _KEY_VALUE_LINE.match(line)
+        if match and looks_secret(match.group("name")):
             line = f"{match.group('key')} {SECRET_MASK}"
         masked.append(line)
     return masked

@@ -8,6 +8,7 @@ import yaml
 from deploys.core.plan import build_plan
 from deploys.core.render import desired_state
 from deploys.core.settings import parse_settings
+from deploys.core.settings.extension import may_hold_a_secret
 from deploys.operations.synapse import SECRET_MASK, mask_secret_values
 from tests.support.settings_data import make_data
 
@@ -48,3 +49,24 @@ def test_a_pass_through_secret_is_masked_in_the_rendered_homeserver() -> None:
     text = homeserver.content.decode()
     assert yaml.safe_load(text)["email"]["smtp_pass"] == "hunter2-secret-value"
     assert "hunter2-secret-value" not in "\n".join(mask_secret_values(text.splitlines()))
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "smtp_pass",
+        "turn_shared_secret",
+        "as_token",
+        "signing_key",
+        "form_secret_path",
+        "passfile",
+        "server_name",
+        "max_upload_size",
+        "PrivateTmp",
+        "client_credentials",
+    ],
+)
+def test_settings_errors_hide_exactly_what_diffs_mask(key: str) -> None:
+    # One rule (deploys.core.secret_keys): a value a diff would print is one an error may echo.
+    masked = mask_secret_values([f"{key}: x"]) != [f"{key}: x"]
+    assert may_hold_a_secret(key, "x") is masked

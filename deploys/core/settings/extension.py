@@ -4,11 +4,11 @@ passed through verbatim, except the keys this deploy writes itself and the secre
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Final
 
+from deploys.core.secret_keys import looks_secret
 from deploys.core.settings.reader import Reader
 
 KEY: Final = "matrix_synapse_configuration_extension"
@@ -65,8 +65,6 @@ GENERATED_SECRET_KEYS: Final = MappingProxyType(
     }
 )
 HIDDEN: Final = "<hidden>"
-# A key whose value is never echoed in a problem (it may hold a credential).
-SECRET_LOOKING_KEY_RE: Final = re.compile(r"secret|passw|token|private|credential|_key$", re.I)
 
 
 def read(r: Reader) -> Mapping[str, Any]:
@@ -97,7 +95,7 @@ def read(r: Reader) -> Mapping[str, Any]:
 
 def may_hold_a_secret(key: str, value: Any) -> bool:
     """True if ``key`` or any key nested in ``value`` looks like it names a credential."""
-    if key in GENERATED_SECRET_KEYS or SECRET_LOOKING_KEY_RE.search(key):
+    if key in GENERATED_SECRET_KEYS or looks_secret(key):
         return True
     if isinstance(value, Mapping):
         return any(may_hold_a_secret(str(k), v) for k, v in value.items())
