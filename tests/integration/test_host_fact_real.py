@@ -7,16 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.deploying import install_standin, pyinfra, write_inventory
+from tests.support.deploying import (
+    apply_commands,
+    assert_no_changes,
+    install_standin,
+    pyinfra,
+    write_inventory,
+)
 from tests.support.testhost import TestHost
 
 pytestmark = pytest.mark.integration
 
 WORKERS = {"matrix_synapse_workers_enabled": True}
-
-
-def applies(run, host: TestHost) -> list[str]:
-    return [c for c in run.command_lines.get(host.name, []) if "host.apply" in c]
 
 
 def test_a_fact_that_cannot_read_the_host_fails_the_run_before_any_change(
@@ -34,7 +36,7 @@ def test_a_fact_that_cannot_read_the_host_fails_the_run_before_any_change(
     assert run.returncode != 0
     assert "Permission denied" in run.output
     assert "could not load fact" in run.output
-    assert applies(run, testhost) == []
+    assert apply_commands(run, testhost.name) == []
     after = testhost.ssh("find /etc/matrix-synapse -type f -exec sha256sum {} + | sort").stdout
     assert after == before
 
@@ -55,3 +57,4 @@ def test_a_pass_through_secret_never_appears_in_a_diff(tmp_path: Path, testhost:
     assert run.returncode == 0, run.output
     assert "smtp_pass" in run.output and secret not in run.output
     assert secret in testhost.ssh("cat /etc/matrix-synapse/homeserver.yaml").stdout
+    assert_no_changes(pyinfra(tmp_path, inventory), testhost.name)
