@@ -10,14 +10,13 @@ from pyinfra.api.exceptions import PyinfraError
 from deploys.components.configure import configure_synapse
 from deploys.components.database import database
 from deploys.components.install import install
+from deploys.components.plan import settings_and_plan
 from deploys.core.machines import claim_machine
-from deploys.core.plan import build_plan
-from deploys.core.settings import SettingsError, parse_settings
+from deploys.core.settings import SettingsError
 from deploys.facts.synapse import MachineId
 
+settings, plan = settings_and_plan()
 try:
-    settings = parse_settings(host.data.dict())
-    plan = build_plan(settings, host.name)
     # Read-only, at load time: every host of the run is checked before any operation runs.
     claim_machine(host.name, host.get_fact(MachineId))
 except SettingsError as error:
