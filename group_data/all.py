@@ -78,7 +78,10 @@ matrix_synapse_http_port = 8008
 # Replication listener of the main process (only when workers are enabled); never make it public.
 matrix_synapse_replication_http_port = 9093
 
-# Prometheus metrics of the main process; workers get their own metrics ports (below).
+# Prometheus metrics: a `metrics` listener on every process (main on this port, each worker on
+# its type's metrics block, below), on the metrics bind addresses (loopback). On by default,
+# unlike matrix-docker-ansible-deploy (off unless its Prometheus is on): a loopback listener
+# costs a thread per process, and a 100-worker homeserver is not run blind.
 matrix_synapse_metrics_enabled = True
 matrix_synapse_metrics_port = 9100
 
@@ -117,6 +120,16 @@ matrix_synapse_nginx_trusted_proxies = []
 matrix_synapse_nginx_client_max_body_size = "50M"
 # Access log with the serving upstream and address (no query strings); None disables it.
 matrix_synapse_nginx_access_log = "/var/log/nginx/matrix-synapse-workers.access.log"
+
+# ---------------------------------------------------------------------------------------------
+# Prometheus service discovery (needs matrix_synapse_metrics_enabled)
+# ---------------------------------------------------------------------------------------------
+
+# A Prometheus file_sd JSON listing every process's metrics endpoint with the labels Synapse's
+# Grafana dashboard filters by (job, index, instance), rewritten in the same run when workers
+# come or go; a change to it restarts nothing. Point a file_sd_configs scrape job at it (README,
+# "Metrics"). None writes no file. The directory is created if missing and may be Prometheus's.
+matrix_synapse_metrics_file_sd_path = "/etc/prometheus/file_sd/synapse.json"
 
 # ---------------------------------------------------------------------------------------------
 # PostgreSQL (workers need PostgreSQL; SQLite is not offered)

@@ -16,6 +16,7 @@ from typing import Any, Final
 import jinja2
 import yaml
 
+from deploys.core.metrics import file_sd_json, scrape_targets
 from deploys.core.processes import (
     WORKER_UNIT_TEMPLATE,
     Listener,
@@ -246,6 +247,11 @@ def desired_state(settings: Settings, plan: WorkerPlan) -> DesiredState:
             reloads=frozenset({NGINX_UNIT}),
             check="nginx -t -q",
         )
+    file_sd = settings.metrics.file_sd_path
+    if settings.metrics_enabled and file_sd:
+        # Prometheus re-reads file_sd files itself: a change restarts and reloads nothing.
+        targets = scrape_targets(plan.processes, settings.domain)
+        add(file_sd, file_sd_json(targets), mode=0o644, group="root")
     synapse_check = None
     if settings.config_check:
         synapse_check = SynapseCheck(
@@ -257,7 +263,7 @@ def desired_state(settings: Settings, plan: WorkerPlan) -> DesiredState:
     return DesiredState(
         files,
         _directories(settings, paths),
-        _owned_globs(paths),
+        (*_owned_globs(paths), *([file_sd] if file_sd else [])),  # removed once metrics are off
         _readiness(settings, plan),
         tuple(paths.secrets.values()),
         paths.signing_key,

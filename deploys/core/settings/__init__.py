@@ -8,7 +8,8 @@ checking the rules between its own keys:
 - ``homeserver``: name, accounts, paths, the main process's listeners (top-level attributes);
 - ``deploy``: ``install`` (Synapse version, virtualenv) and the run's lock, config check and
   readiness timeout;
-- ``database``, ``redis``, ``nginx``, ``limits``: one frozen dataclass each on ``Settings``;
+- ``database``, ``redis``, ``nginx``, ``limits``, ``metrics``: one frozen dataclass each on
+  ``Settings``;
 - ``workers`` (counts, presets, port starts and the one set of count rules) with
   ``worker_list`` (the hand-written list);
 - ``extension``: the homeserver.yaml pass-through and the keys it may not set.
@@ -30,6 +31,7 @@ from deploys.core.settings import (
     extension,
     homeserver,
     limits,
+    metrics,
     nginx,
     redis,
     workers,
@@ -37,6 +39,7 @@ from deploys.core.settings import (
 from deploys.core.settings.database import DatabaseSettings
 from deploys.core.settings.deploy import InstallSettings
 from deploys.core.settings.limits import LimitsSettings
+from deploys.core.settings.metrics import MetricsSettings
 from deploys.core.settings.nginx import NginxSettings
 from deploys.core.settings.reader import (
     DEFAULTS_FILE,
@@ -56,6 +59,7 @@ __all__ = [
     "DatabaseSettings",
     "InstallSettings",
     "LimitsSettings",
+    "MetricsSettings",
     "NginxSettings",
     "RedisSettings",
     "Settings",
@@ -106,6 +110,7 @@ class Settings:
     limits: LimitsSettings
     workers: WorkerSettings
     nginx: NginxSettings
+    metrics: MetricsSettings
 
 
 def parse_settings(data: Mapping[str, Any]) -> Settings:
@@ -130,6 +135,7 @@ def parse_settings(data: Mapping[str, Any]) -> Settings:
         limits=limits.read(r),
         workers=workers.read(r),
         nginx=nginx.read(r),
+        metrics=metrics.read(r),
     )
     _check_unknown_keys(r)
     if r.problems:
