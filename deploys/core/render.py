@@ -106,7 +106,8 @@ class DesiredFile:
         restarts: process names to restart when the file changes (``EVERY_PROCESS`` for all).
         unit_file: a systemd unit or drop-in; a change needs ``systemctl daemon-reload``.
         secret: never print its content (diffs and logs mask it).
-        reloads: units to reload (not restart) when the file changes, e.g. nginx.
+        reloads: units to reload (not restart) when the file changes, e.g. nginx
+            (``EVERY_PROCESS``: every Synapse process, e.g. the log config).
         check: a command that must pass with the new file in place before anything is reloaded
             or restarted; if it fails, the previous files are put back.
     """
@@ -220,7 +221,8 @@ def desired_state(settings: Settings, plan: WorkerPlan) -> DesiredState:
         render_template("synapse/workers.yaml.j2", **context),
         restarts=everyone,
     )
-    add(paths.log_config, render_template("synapse/log.yaml.j2", **context), restarts=everyone)
+    # Every Synapse process re-reads its log config on SIGHUP (synapse/config/logger.py).
+    add(paths.log_config, render_template("synapse/log.yaml.j2", **context), reloads=everyone)
     if settings.database.password:
         add(
             paths.pgpass,

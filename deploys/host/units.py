@@ -8,8 +8,12 @@ sides read ``systemctl list-units`` with ``LIST_UNITS`` and ``parse_list_units``
 
 Rules (Synapse reads its shared settings only at start):
 - ``daemon-reload`` only when a unit file or drop-in changed or was removed, or a unit was disabled;
-- a change to a file restarting every process (homeserver.yaml, shared worker config, log config,
-  database pgpass) restarts main and every worker; a worker's own file restarts that worker only;
+- a change to a file restarting every process (homeserver.yaml, shared worker config, database
+  pgpass) restarts main and every worker; a worker's own file restarts that worker only;
+- a file every Synapse process re-reads on SIGHUP (the log config: ``reloads`` holds
+  ``EVERY_PROCESS``) reloads every active Synapse unit this run does not (re)start; a unit still
+  activating is restarted instead (Synapse handles SIGHUP only once started, and may have read
+  the old file);
 - planned units that are not enabled get enabled, planned units that are not active get started;
 - a unit that reloads its config (nginx) is reloaded, never restarted, when its file changed;
 - stale worker units (enabled or loaded, not planned) are stopped and disabled;
@@ -75,7 +79,8 @@ class UnitState:
 @dataclass(frozen=True)
 class Change:
     """The change record of one file written or removed: what it restarts (process names,
-    ``EVERY_PROCESS`` for all), whether it is a unit file (``daemon-reload``), what it reloads.
+    ``EVERY_PROCESS`` for all), whether it is a unit file (``daemon-reload``), what it reloads
+    (unit names, ``EVERY_PROCESS`` for every Synapse unit).
     The controller builds one per planned file (``DesiredFile.change``) and ships them in the
     manifest; the journal stores them."""
 
@@ -109,7 +114,7 @@ class ServiceActions:
     start_main: bool = False
     restart_workers: tuple[str, ...] = ()
     start: tuple[str, ...] = ()  # planned workers and the target that are not active
-    reload: tuple[str, ...] = ()  # active units whose config changed and reload (nginx)
+    reload: tuple[str, ...] = ()  # active units whose config changed and reload (nginx, Synapse)
 
     def __bool__(self) -> bool:
         return bool(
@@ -177,6 +182,15 @@ def plan_service_actions(
 
     restart_all = any(EVERY_PROCESS in c.restarts for c in changes)
     restarted = {name for c in changes for name in c.restarts}
+    reloads = sorted({u for c in changes for u in c.reloads} - {EVERY_PROCESS})
+    reload_synapse = any(EVERY_PROCESS in c.reloads for c in changes)
+    # Before it is ready Synapse has no SIGHUP handler (a SIGHUP would kill it): restart it.
+    if reload_synapse:
+        restarted |= {
+            n
+            for n, u in ((MAIN, MAIN_UNIT), *((n, worker_unit(n)) for n in planned))
+            if units.get(u, UnitState()).active_state == "activating"
+        }
     main_state = units.get(MAIN_UNIT, UnitState())
     restart_main = (restart_all or MAIN in restarted) and main_state.active
     start_main = not main_state.active
@@ -185,7 +199,11 @@ def plan_service_actions(
         for n in planned
         if (restart_all or n in restarted) and units.get(worker_unit(n), UnitState()).active
     )
-    reloads = sorted({u for c in changes for u in c.reloads})
+    synapse_reloads: list[str] = []
+    if reload_synapse:
+        untouched = [MAIN_UNIT] if main_state.active and not restart_main else []
+        untouched += [worker_unit(n) for n in planned if n not in restart_workers]
+        synapse_reloads = [u for u in untouched if units.get(u, UnitState()).active]
     start = tuple(
         u
         for u in (*(worker_unit(n) for n in planned), TARGET_UNIT, *reloads)
@@ -205,5 +223,5 @@ def plan_service_actions(
         start_main=start_main,
         restart_workers=tuple(worker_unit(n) for n in restart_workers),
         start=start,
-        reload=tuple(u for u in reloads if units.get(u, UnitState()).active),
+        reload=(*synapse_reloads, *(u for u in reloads if units.get(u, UnitState()).active)),
     )

@@ -18,7 +18,7 @@ from deploys.facts.synapse import SynapseHostState
 from deploys.host.journal import JOURNAL_PATH
 from deploys.host.manifest import Account, BatchManifest, Manifest, to_json
 from deploys.host.ownership import is_owned
-from deploys.host.units import ServiceActions, plan_service_actions
+from deploys.host.units import EVERY_PROCESS, ServiceActions, plan_service_actions
 from deploys.operations.files import (
     SECRET_MASK,
     apply_command,
@@ -112,8 +112,9 @@ def apply_desired_state(
 
 
 def reloaded(desired: DesiredState) -> list[str]:
-    """Units reloaded (never restarted) when one of their files changes, e.g. nginx."""
-    return sorted({u for f in desired.files.values() for u in f.reloads})
+    """Units other than Synapse's reloaded (never restarted) when one of their files changes,
+    e.g. nginx."""
+    return sorted({u for f in desired.files.values() for u in f.reloads} - {EVERY_PROCESS})
 
 
 def fact_globs(desired: DesiredState) -> list[str]:

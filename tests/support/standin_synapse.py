@@ -23,8 +23,11 @@ as a script. It behaves like a Synapse process wherever the deploy can tell, and
   does, so ``PUBSUB NUMSUB <server_name>`` counts it; it exits non-zero if Redis goes away
   (systemd restarts it);
 - only then it tells systemd ``READY=1`` (sd_notify, ``Type=notify``) and serves forever in one
-  thread (a ``select`` loop). SIGHUP (``systemctl reload``) is ignored, as Synapse only re-reads
-  its log config; SIGTERM ends it.
+  thread (a ``select`` loop). SIGTERM ends it. SIGHUP (``systemctl reload``) re-reads the log
+  config (``log_config``, a worker's ``worker_log_config``), as Synapse does once started, and
+  logs ``reloaded log config PATH (root level LEVEL)``; a log config it cannot read is logged
+  and the process keeps running, as Synapse's reload fails (before it is ready a SIGHUP ends it,
+  as it ends Synapse before its handler is installed).
 - ``--generate-keys`` (the main unit's ExecStartPre) reads the config and exits 0.
 
 Test-only fault hook, for faults that cannot be produced for real: if
@@ -554,6 +557,21 @@ def serve(listeners, redis):
                 sock.close()
 
 
+def reload_log_config(path):
+    """What Synapse does on SIGHUP: read the log config again (the stand-in only reports its
+    root level; it logs everything to stderr regardless)."""
+    if not path:
+        return
+    try:
+        with open(path, encoding="utf-8") as stream:
+            data = parse_yaml(stream.read())
+        level = data["root"]["level"]
+    except (OSError, UnicodeDecodeError, ConfigError, ValueError, KeyError, TypeError) as error:
+        log(f"cannot reload log config {path}: {error!r}")
+        return
+    log(f"reloaded log config {path} (root level {level})")
+
+
 def main(argv):
     global NAME
     try:
@@ -574,13 +592,14 @@ def main(argv):
                 raise ConfigError(f"listener {listener!r}: expected a mapping")
             if listener.get("type") in ("http", "metrics"):
                 listeners.extend(bind(listener))
+        log_config = setting(config, "worker_log_config" if worker else "log_config", str)
         redis = setting(config, "redis", dict, {})
         connection = subscribe(redis, server_name) if redis.get("enabled") else None
         del config
     except ConfigError as error:
         log(f"refusing to start: {error}")
         return 1
-    _signal.signal(_signal.SIGHUP, lambda signum, frame: None)  # reload: nothing to re-read
+    _signal.signal(_signal.SIGHUP, lambda signum, frame: reload_log_config(log_config))
     notify_ready()
     ports = sorted({str(sock.getsockname()[1]) for sock, _ in listeners})
     subscribed = f", subscribed to Redis channel {server_name}" if connection is not None else ""

@@ -62,3 +62,17 @@ def test_the_standin_parses_every_rendered_config_like_pyyaml(preset: str, varia
 def test_the_standin_refuses_what_it_does_not_understand(text: str) -> None:
     with pytest.raises(standin.ConfigError):
         standin.parse_yaml(text)
+
+
+def test_the_standin_rereads_its_log_config_on_sighup_and_survives_a_bad_one(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = parse_settings(make_data(matrix_synapse_log_level="DEBUG"))
+    files = desired_state(settings, build_plan(settings, "h")).files
+    log_yaml = tmp_path / "log.yaml"
+    log_yaml.write_bytes(files[f"{settings.config_dir}/log.yaml"].content)
+    standin.reload_log_config(str(log_yaml))
+    assert f"reloaded log config {log_yaml} (root level DEBUG)" in capsys.readouterr().err
+    log_yaml.write_text("root: [unterminated\n")
+    standin.reload_log_config(str(log_yaml))  # logged, not raised: the process keeps running
+    assert f"cannot reload log config {log_yaml}" in capsys.readouterr().err
