@@ -23,6 +23,18 @@ A rule goes to the first of its targets that has workers, else to main. Balancin
   which also covers MAS's opaque tokens: those hash per token, i.e. per device, here);
 - client readers, media and the user directory: ``least_conn``; stream writers: round robin.
 
+Restarts (``RETRY``, ``UNAVAILABLE``, ``MAIN_FALLBACK``): a request whose server refuses the
+connection, closes it before answering or times out is passed to another server of its upstream
+(idempotent methods only once the request was sent: nginx never resends a POST); a server that
+failed is skipped for ``FAIL_TIMEOUT_SECONDS``, then tried again. An upstream with one server
+balances nothing, so it drops its hash and, where Synapse lets main serve the class
+(``MAIN_FALLBACK``), gets main as a ``backup`` server. nginx refuses ``backup`` beside ``hash``,
+so a sticky upstream with several servers keeps its hash and no backup: its other servers take a
+restarting one's share (``consistent`` moves only that share). A request that finds no live
+server gets 503 with ``Retry-After`` and a Matrix error body, never nginx's bare 502. Draining a
+process for a restart marks its ``server`` lines ``down`` (``deploys.host.drain`` finds them by
+their ``# <process>`` comment).
+
 Adding a worker type with an existing routing class needs nothing here: its workers join that
 class's upstream. A new routing class needs a ``POOL_BALANCE`` entry and its rules (in
 ``deploys.core.routing_rules``).
@@ -66,6 +78,91 @@ POOL_BALANCE: Final[Mapping[Routing, str | None]] = MappingProxyType(
     }
 )
 
+# Whether main may serve a routing class's endpoints while none of the class's workers is live
+# (Synapse 1.163; main's listener serves the client and federation resources).
+MAIN_FALLBACK: Final[Mapping[Routing, bool]] = MappingProxyType(
+    {
+        # main registers every servlet a generic worker does
+        Routing.GENERIC: True,
+        # room-scoped client and federation requests: main serves them (it is a generic worker too)
+        Routing.ROOM: True,
+        # /sync and /events: main serves them; a user's sync cache there starts cold
+        Routing.SYNC: True,
+        # client reads: main serves them
+        Routing.CLIENT_READER: True,
+        # federation reads and inbound transactions: main's listener has the federation resource
+        Routing.FEDERATION_READER: True,
+        # search is a database read main serves; only updating the directory moved to the worker
+        Routing.USER_DIRECTORY: True,
+        # main runs with enable_media_repo: false when media workers exist: no media servlets
+        Routing.MEDIA: False,
+        # main refuses a stream's writes when a writer is configured (typing and push rules raise,
+        # to-device, receipts, thread subscriptions and quarantine: "stream ID on non-writer") or
+        # forwards them over replication to that same writer (account data, presence, devices)
+        Routing.STREAM: False,
+    }
+)
+# nginx allows ``backup`` servers only with round robin and ``least_conn``.
+BACKUP_BALANCES: Final = (None, LEAST_CONN)
+
+# One failure (a refused connection, a reset, a timeout) takes a server out for this long; then
+# one request tries it again (and moves on if it fails), so a restarted worker is back within it.
+MAX_FAILS: Final = 1
+FAIL_TIMEOUT_SECONDS: Final = 2
+
+
+@dataclass(frozen=True)
+class Retry:
+    """When nginx passes a request on to the next server of its upstream.
+
+    Attributes:
+        next_upstream: ``proxy_next_upstream``: errors and timeouts only. Not ``http_502`` /
+            ``http_504``: Synapse answers those itself when a remote homeserver fails, which a
+            retry elsewhere only repeats (and would count as this server failing). Never
+            ``non_idempotent``: a POST that reached Synapse is not sent twice.
+        tries: ``proxy_next_upstream_tries``: the first try, another server, then main (backup).
+        timeout: ``proxy_next_upstream_timeout``: nginx's read timeout, so a long-poll ``/sync``
+            (30 s) cut by its worker's stop is still retried, and nothing retries for ever.
+        connect_timeout: ``proxy_connect_timeout``: a server that does not accept a connection
+            in this time counts as failed (nginx's 60 s default would hold the request).
+    """
+
+    next_upstream: str = "error timeout"
+    tries: int = 3
+    timeout: str = "60s"
+    connect_timeout: str = "5s"
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """What a request gets when no server of its upstream is live: nginx's own 502 (no live
+    server, every try failed) or 504 (timed out) become a 503 with ``Retry-After`` and a Matrix
+    error body (``error_page ... = @location``; Synapse's own 502s pass through unchanged).
+
+    Attributes:
+        location: the named location that answers.
+        codes: nginx's statuses it replaces.
+        status: what the client gets.
+        retry_after: seconds (``Retry-After``): about one worker restart.
+        body: the Matrix error, JSON.
+    """
+
+    location: str = "@synapse_unavailable"
+    codes: tuple[int, ...] = (502, 504)
+    status: int = 503
+    retry_after: int = 5
+    body: str = (
+        '{"errcode":"M_UNKNOWN","error":"This endpoint is restarting; retry in a few seconds"}'
+    )
+
+    @property
+    def quoted_body(self) -> str:
+        return _quote(self.body)
+
+
+RETRY: Final = Retry()
+UNAVAILABLE: Final = Unavailable()
+
 # Idle keepalive connections each nginx worker process keeps per upstream: two per server as
 # matrix-docker-ansible-deploy does (its PR #3076 load test), at least this many.
 KEEPALIVE_MIN: Final = 16
@@ -85,15 +182,28 @@ def _quote(value: str) -> str:
 
 @dataclass(frozen=True)
 class Server:
+    """One ``server`` line; ``process`` is its ``# <process>`` comment (what a drain finds)."""
+
     address: str  # host:port
     process: str
+    backup: bool = False  # main standing in for a class with no live server
+
+    @property
+    def parameters(self) -> str:
+        backup = " backup" if self.backup else ""
+        return f"max_fails={MAX_FAILS} fail_timeout={FAIL_TIMEOUT_SECONDS}s{backup}"
 
 
 @dataclass(frozen=True)
 class Upstream:
     name: str
-    servers: tuple[Server, ...]
+    servers: tuple[Server, ...]  # the backup (main), if any, last
     balance: str | None
+
+    @property
+    def fallback(self) -> bool:
+        """Main takes the requests while no other server is live."""
+        return any(s.backup for s in self.servers)
 
     @property
     def keepalive(self) -> int:
@@ -172,6 +282,8 @@ class NginxRoutes:
     upstreams: tuple[Upstream, ...]
     groups: tuple[LocationGroup, ...]
     server: NginxServer
+    retry: Retry = RETRY
+    unavailable: Unavailable = UNAVAILABLE
 
     @property
     def locations(self) -> tuple[Location, ...]:
@@ -235,8 +347,9 @@ def nginx_routes(plan: WorkerPlan, nginx: NginxSettings) -> NginxRoutes:
         The routes; with no workers that serve HTTP, no locations (``location /`` is main).
     """
     pools = _pools(plan)
+    main = _server(plan.main)
     upstreams: dict[str, Upstream] = {
-        MAIN_UPSTREAM: Upstream(name=MAIN_UPSTREAM, servers=(_server(plan.main),), balance=None)
+        MAIN_UPSTREAM: Upstream(name=MAIN_UPSTREAM, servers=(main,), balance=None)
     }
 
     def resolve(targets: Iterable[Target]) -> str | None:
@@ -248,7 +361,8 @@ def nginx_routes(plan: WorkerPlan, nginx: NginxSettings) -> NginxRoutes:
             name = _pool_name(target)
             if target.by_room and balance != ROOM_HASH:
                 name, balance = f"{name}_by_room", ROOM_HASH
-            upstreams.setdefault(name, Upstream(name=name, servers=servers, balance=balance))
+            if name not in upstreams:
+                upstreams[name] = _upstream(name, servers, balance, target.routing, main)
             return name
         return None
 
@@ -325,6 +439,18 @@ def _pools(plan: WorkerPlan) -> dict[tuple[Routing, str | None], tuple[Server, .
         stream = worker.stream.name if t.routing is Routing.STREAM and worker.stream else None
         pools.setdefault((t.routing, stream), []).append(_server(worker))
     return {key: tuple(servers) for key, servers in pools.items()}
+
+
+def _upstream(
+    name: str, servers: tuple[Server, ...], balance: str | None, routing: Routing, main: Server
+) -> Upstream:
+    """One class's upstream: with one server no balance (it picks that server anyway), which
+    lets main be its backup where ``MAIN_FALLBACK`` allows."""
+    if len(servers) == 1:
+        balance = None
+    if MAIN_FALLBACK[routing] and balance in BACKUP_BALANCES:
+        servers = (*servers, Server(address=main.address, process=main.process, backup=True))
+    return Upstream(name=name, servers=servers, balance=balance)
 
 
 def _pool_name(target: Target) -> str:

@@ -27,7 +27,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,12 +56,20 @@ def _nginx_installed() -> None:
 
 
 class Stubs:
-    """HTTP/1.1 keep-alive stubs on many (address, port)s, served by one asyncio thread."""
+    """HTTP/1.1 keep-alive stubs on many (address, port)s, served by one asyncio thread.
+
+    A request whose target has ``delay=<seconds>`` is answered that much later, one with
+    ``status=<code>`` gets that status (as Synapse's own errors); a stub named in
+    ``dying`` reads each request and closes the connection without answering (a process that
+    stops mid-request).
+    """
 
     def __init__(self, listeners: Mapping[tuple[str, int], str]) -> None:
         self.listeners = dict(listeners)
         self.requests: Counter[str] = Counter()
         self.connections: Counter[str] = Counter()
+        self.answered: Counter[str] = Counter()
+        self.dying: set[str] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="nginx-stubs", daemon=True)
         self._ready = threading.Event()
@@ -117,9 +125,15 @@ class Stubs:
                     await reader.readexactly(length)
                 method, target, _ = request_line.split(" ", 2)
                 self.requests[name] += 1
+                if name in self.dying:
+                    break
+                if delay := re.search(r"[?&]delay=([0-9.]+)", target):
+                    await asyncio.sleep(float(delay.group(1)))
                 body = b"" if method == "HEAD" else name.encode()
+                asked = re.search(r"[?&]status=(\d+)", target)
+                status = asked.group(1) if asked else "200"
                 writer.write(
-                    f"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                    f"HTTP/1.1 {status} Stub\r\nContent-Type: text/plain\r\n"
                     f"Content-Length: {len(name)}\r\nX-Stub-Name: {name}\r\n"
                     f"X-Stub-Target: {target}\r\n"
                     f"X-Stub-Forwarded-For: {headers.get('x-forwarded-for', '')}\r\n"
@@ -128,6 +142,7 @@ class Stubs:
                     + body
                 )
                 await writer.drain()
+                self.answered[name] += 1
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -143,6 +158,7 @@ class Answer:
     upstream: str | None  # X-Synapse-Upstream
     process: str | None  # the stub that answered
     headers: Mapping[str, str] = field(repr=False)
+    body: str = field(default="", repr=False)
 
 
 @dataclass
@@ -154,6 +170,9 @@ class Nginx:
     port: int
     stubs: Stubs
     access_log: Path
+    pid: int  # the master's
+    site: Path  # the rendered routing file
+    conf: Path  # nginx.conf, which includes it
 
     def request(
         self,
@@ -175,6 +194,7 @@ class Nginx:
                 got.get(UPSTREAM_HEADER.lower()),
                 got.get("x-stub-name") or content or None,
                 got,
+                content,
             )
         finally:
             conn.close()
@@ -257,7 +277,12 @@ def check_config(tmp: Path, conf: Path) -> None:
 
 
 @contextlib.contextmanager
-def running_nginx(tmp: Path, plan_name: str, **settings: Any) -> Iterator[Nginx]:
+def running_nginx(
+    tmp: Path, plan_name: str, absent: Iterable[str] = (), **settings: Any
+) -> Iterator[Nginx]:
+    """nginx in front of a stub on every planned HTTP listener but those of ``absent``
+    processes (their ports refuse connections)."""
+    tmp.mkdir(parents=True, exist_ok=True)
     address = free_loopback_address()
     overrides = {
         "matrix_synapse_bind_addresses": [address],
@@ -274,7 +299,7 @@ def running_nginx(tmp: Path, plan_name: str, **settings: Any) -> Iterator[Nginx]
     check_config(tmp, conf)
     listeners = {}
     for process in plan.processes:
-        if (http := process.listener("http")) is not None:
+        if (http := process.listener("http")) is not None and process.name not in absent:
             listeners[(address, http.port)] = process.name
     with Stubs(listeners) as stubs, (tmp / "nginx.stderr").open("w+") as stderr:
         proc = subprocess.Popen(
@@ -285,7 +310,7 @@ def running_nginx(tmp: Path, plan_name: str, **settings: Any) -> Iterator[Nginx]
         )
         try:
             _wait_listening(proc, address, NGINX_PORT, tmp / "nginx.stderr")
-            yield Nginx(plan, address, NGINX_PORT, stubs, tmp / "access.log")
+            yield Nginx(plan, address, NGINX_PORT, stubs, tmp / "access.log", proc.pid, site, conf)
         finally:
             _stop(proc)
 

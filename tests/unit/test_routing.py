@@ -8,6 +8,7 @@ tests/nginx/test_nginx_real.py.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from typing import Any, Final
@@ -19,6 +20,9 @@ from deploys.core import endpoints
 from deploys.core.plan import WorkerPlan, build_plan
 from deploys.core.render import nginx_config
 from deploys.core.routing import (
+    BACKUP_BALANCES,
+    LEAST_CONN,
+    MAIN_FALLBACK,
     MAIN_UPSTREAM,
     POOL_BALANCE,
     REQUESTER_HASH,
@@ -501,3 +505,101 @@ def test_good_nginx_settings_have_no_problems() -> None:
     assert nginx.listen_addresses == ("0.0.0.0", "::")
     assert nginx.listen_port == 443  # nginx may bind a privileged port; Synapse may not
     assert nginx.trusted_proxies == ("10.0.0.0/8", "::1")
+
+
+# --- Restarts: retries, main as a fallback, 503 --------------------------------------------------
+
+
+def test_every_routing_class_says_whether_main_stands_in() -> None:
+    assert set(MAIN_FALLBACK) == set(Routing) - {Routing.NONE}
+    # main has no media servlets beside media workers and refuses or forwards a stream's writes
+    assert not MAIN_FALLBACK[Routing.MEDIA] and not MAIN_FALLBACK[Routing.STREAM]
+
+
+def test_a_single_server_class_falls_back_to_main_where_synapse_allows_it() -> None:
+    routes = routes_for("specialized-workers")  # one worker of each class
+    main = routes.upstream(M).servers[0]
+    for name in (ROOM, SYNC, CR, FR, UD):
+        upstream = routes.upstream(name)
+        worker, backup = upstream.servers
+        assert upstream.balance is None, name  # hashing one server only forbids a backup
+        assert not worker.backup and worker.process != "main", name
+        assert (backup.process, backup.address, backup.backup) == ("main", main.address, True)
+        assert upstream.fallback
+    no_fallback = [MEDIA] + [
+        u.name for u in routes.upstreams if u.name.startswith("synapse_stream")
+    ]
+    assert len(no_fallback) == 9
+    for name in no_fallback:
+        assert [s.backup for s in routes.upstream(name).servers] == [False], name
+    assert routes.upstream(M).servers == (main,) and not main.backup
+    one = routes_for("one-of-each")  # one generic worker: main behind it, by user and by room
+    for name in (G, "synapse_generic_by_room"):
+        assert [s.process for s in one.upstream(name).servers] == ["generic-0", "main"]
+        assert one.upstream(name).fallback
+
+
+def test_sticky_classes_with_several_servers_keep_their_hash_and_have_no_backup() -> None:
+    routes = routes_for("specialized-sharded")
+    for name, balance, count in (
+        (ROOM, ROOM_HASH, 4),
+        (SYNC, REQUESTER_HASH, 3),
+        (FR, REQUESTER_HASH, 3),
+    ):
+        upstream = routes.upstream(name)
+        assert (upstream.balance, len(upstream.servers), upstream.fallback) == (
+            balance,
+            count,
+            False,
+        )
+    readers = routes.upstream(CR)  # least_conn allows a backup
+    assert readers.balance == LEAST_CONN
+    assert [s.process for s in readers.servers] == ["client-reader-0", "client-reader-1", "main"]
+    receipts = routes.upstream("synapse_stream_receipts")  # two writers: each other's retry
+    assert len(receipts.servers) == 2 and not receipts.fallback
+
+
+@pytest.mark.parametrize("plan_name", list(PLANS))
+def test_nginx_never_gets_a_backup_beside_a_hash(plan_name: str) -> None:
+    config = config_for(plan_name)
+    for upstream in routes_for(plan_name).upstreams:
+        if upstream.fallback:
+            assert upstream.balance in BACKUP_BALANCES, upstream.name
+            assert upstream.servers[-1].backup
+            assert sum(s.backup for s in upstream.servers) == 1
+    for block in re.findall(r"upstream \S+ \{.*?\}", config, re.S):
+        assert not ("backup" in block and "hash " in block), block
+
+
+def test_every_server_line_fails_fast_and_names_its_process() -> None:
+    routes = routes_for("specialized-sharded")
+    config = config_for("specialized-sharded")
+    lines = [x.strip() for x in config.splitlines() if x.startswith("    server ")]
+    assert len(lines) == sum(len(u.servers) for u in routes.upstreams)
+    for line in lines:
+        assert re.fullmatch(
+            r"server \S+ max_fails=1 fail_timeout=2s( backup)?;  # [a-z0-9-]+", line
+        ), line
+    assert sum(line.endswith("# main") for line in lines) == 1 + sum(
+        u.fallback for u in routes.upstreams
+    )
+
+
+def test_idempotent_requests_are_retried_elsewhere_and_no_live_server_is_a_matrix_503() -> None:
+    config = config_for("one-of-each")
+    retry, page = routes_for("one-of-each").retry, routes_for("one-of-each").unavailable
+    assert "    proxy_next_upstream error timeout;" in config  # not non_idempotent, not http_502
+    assert "non_idempotent" not in config and "http_50" not in config
+    assert "    proxy_next_upstream_tries 3;" in config
+    assert "    proxy_next_upstream_timeout 60s;" in config  # a 30 s /sync cut once is retried
+    assert int(retry.timeout.removesuffix("s")) > 30
+    assert "    error_page 502 504 = @synapse_unavailable;" in config
+    location = re.search(r"location @synapse_unavailable \{(.*?)\n    \}", config, re.S)
+    assert location is not None
+    body = location.group(1)
+    assert "add_header Retry-After 5 always;" in body
+    assert "default_type application/json;" in body
+    returned = re.search(r'return 503 "(.*)";', body)
+    assert returned is not None
+    error = json.loads(returned.group(1).replace('\\"', '"'))
+    assert error["errcode"] == "M_UNKNOWN" and json.loads(page.body) == error
