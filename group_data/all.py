@@ -141,8 +141,15 @@ matrix_synapse_database_name = "synapse"
 matrix_synapse_database_user = "synapse"
 
 # Install PostgreSQL on this host, create the role and the database (C collation, as Synapse
-# requires) and size max_connections to the number of processes. False: use an existing server.
+# requires) and size max_connections (see spare_workers below). False: use an existing server.
 matrix_synapse_database_install_postgresql = False
+
+# With install_postgresql: max_connections leaves room for this many workers beyond the plan
+# (rounded up to a multiple of 100), so scaling up by that many never restarts PostgreSQL. The
+# deploy raises max_connections (a PostgreSQL restart; the preview says so and why) only when
+# the workers running during a run would not fit, or while no Synapse process runs; it never
+# lowers it (to lower it: ALTER SYSTEM SET max_connections, then restart PostgreSQL yourself).
+matrix_synapse_database_spare_workers = 32
 
 # Password of the database user, or None for passwordless (peer/trust) authentication.
 # It is written to a 0600 pgpass file, never into a YAML file. Load it from a secret store or an
@@ -150,7 +157,7 @@ matrix_synapse_database_install_postgresql = False
 matrix_synapse_database_password = None
 
 # Connection pool per process. Small pools let 130+ workers fit PostgreSQL's max_connections:
-# total = main_cp_max + workers * workers_cp_max (+ a few per process).
+# total = main_cp_max + workers * workers_cp_max (+ one per process, opened at start).
 matrix_synapse_database_cp_min = 1
 matrix_synapse_database_main_cp_max = 10
 matrix_synapse_database_workers_cp_max = 3

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pyinfra.api import deploy
 
 from deploys.core.plan import WorkerPlan
-from deploys.core.postgres import max_connections, setup_sql
+from deploys.core.postgres import connection_rule, setup_sql
 from deploys.core.settings import Settings
 from deploys.operations.postgres import postgres_database
 
@@ -14,10 +14,11 @@ from deploys.operations.postgres import postgres_database
 @deploy("PostgreSQL for Synapse")
 def database(settings: Settings, plan: WorkerPlan) -> None:
     """
-    Create the role and the C-collated database and size ``max_connections`` to the plan.
+    Create the role and the C-collated database and keep ``max_connections`` large enough for the
+    plan (``deploys.core.postgres``: room to grow, raised only when needed, never lowered).
 
     + settings: validated settings
-    + plan: the worker plan (its process count sizes the connection limit)
+    + plan: the worker plan (its workers size the connection limit)
     """
     db = settings.database
     postgres_database(
@@ -25,6 +26,6 @@ def database(settings: Settings, plan: WorkerPlan) -> None:
         user=db.user,
         dbname=db.name,
         password=db.password or "",
-        max_connections=max_connections(settings, plan),
-        sql=setup_sql(settings, plan),
+        connections=connection_rule(settings, plan),
+        sql=setup_sql(settings),
     )

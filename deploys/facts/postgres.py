@@ -1,5 +1,5 @@
-"""Fact: the Synapse role and database on the local PostgreSQL server. Paired with
-``deploys/operations/postgres.py``."""
+"""Fact: the Synapse role and database on the local PostgreSQL server, and the Synapse units
+that run now (who may hold connections). Paired with ``deploys/operations/postgres.py``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pyinfra.api import FactBase, QuoteString, StringCommand
 from typing_extensions import override
 
 from deploys.core.postgres import quote_literal
+from deploys.host.units import MAIN_UNIT, WORKER_UNIT_PREFIX
 
 
 @dataclass(frozen=True)
@@ -18,13 +19,19 @@ class Database:
     role_verifier: str | None = None  # the role's stored password verifier; None: no role
     collation: tuple[str, str] | None = None  # the database's (collate, ctype); None: no database
     max_connections: int | None = None
+    # Synapse units running now (active, activating, reloading or deactivating).
+    synapse_units: tuple[str, ...] = ()
+
+
+# Units whose processes may hold connections: running, starting, reloading or stopping.
+RUNNING_STATES = "active,activating,reloading,deactivating"
 
 
 class PostgresDatabase(FactBase[Database]):
     """
     Returns, from the local PostgreSQL server, the role's stored password verifier (or None if
     the role is missing), whether the database exists with its collation and ctype, and
-    ``max_connections``, in one command.
+    ``max_connections``; and the Synapse units running now; in one command.
 
     + user: the database role
     + dbname: the database
@@ -45,7 +52,12 @@ class PostgresDatabase(FactBase[Database]):
             f" WHERE datname = {quote_literal(dbname)}",
             "SELECT 'max', setting FROM pg_settings WHERE name = 'max_connections'",
         ]
+        units = (MAIN_UNIT, f"{WORKER_UNIT_PREFIX}*.service")
         return StringCommand(
+            # No pipefail in sh: a failing systemctl must fail the fact, not read as "none run".
+            f"units=$(systemctl list-units --plain --no-legend --full --state={RUNNING_STATES}",
+            *[QuoteString(u) for u in units],
+            ") || exit 1; printf '%s\\n' \"$units\" | sed 's/^/unit|/';",
             # Before PostgreSQL is installed there is nothing to read; once it is, errors count.
             "if command -v psql >/dev/null; then runuser -u postgres -- psql -XAt -F '|'",
             *[part for q in queries for part in ("-c", QuoteString(q))],
@@ -55,13 +67,16 @@ class PostgresDatabase(FactBase[Database]):
     @override
     def process(self, output: list[str]) -> Database:
         role_verifier, collation, max_connections = None, None, None
+        units: list[str] = []
         for line in output:
             kind, _, rest = line.partition("|")
-            if kind == "role":
+            if kind == "unit" and rest.split():
+                units.append(rest.split()[0])
+            elif kind == "role":
                 role_verifier = rest
             elif kind == "db":
                 collate, _, ctype = rest.partition("|")
                 collation = (collate, ctype)
             elif kind == "max":
                 max_connections = int(rest)
-        return Database(role_verifier, collation, max_connections)
+        return Database(role_verifier, collation, max_connections, tuple(units))

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-from pyinfra import host
+from pyinfra import host, logger, state
 from pyinfra.api import OperationError, StringCommand, operation
 
-from deploys.core.postgres import scram_matches
+from deploys.core.postgres import ConnectionRule, max_connections_sql, scram_matches
 from deploys.facts.postgres import PostgresDatabase
 
 
 @operation()
-def postgres_database(user: str, dbname: str, password: str, max_connections: int, sql: str):
+def postgres_database(user: str, dbname: str, password: str, connections: ConnectionRule, sql: str):
     """
-    Create the Synapse role and database on the local PostgreSQL (C collation) and size
-    ``max_connections``; set the role's password when it differs. SQL goes on standard input.
+    Create the Synapse role and database on the local PostgreSQL (C collation), set the role's
+    password when it differs, and raise ``max_connections`` when the rule says so (it restarts
+    PostgreSQL, and says so and why before it runs). SQL goes on standard input.
 
     + user: the database role
     + dbname: the database
     + password: the role's password (compared with the stored SCRAM verifier, never printed)
-    + max_connections: the server's ``max_connections``; PostgreSQL restarts when it changes
+    + connections: how ``max_connections`` is sized (``deploys.core.postgres.connection_rule``:
+      room for the workers planned or running now and spare ones; raised, never lowered)
     + sql: the idempotent setup SQL (``deploys.core.postgres.setup_sql``)
 
     **Example:**
@@ -27,17 +29,15 @@ def postgres_database(user: str, dbname: str, password: str, max_connections: in
 
         postgres_database(
             name="Create the synapse role and database",
-            user="synapse", dbname="synapse", password=password, max_connections=200,
-            sql=setup_sql(settings, plan),
+            user="synapse", dbname="synapse", password=password,
+            connections=connection_rule(settings, plan), sql=setup_sql(settings),
         )
     """
     current = host.get_fact(PostgresDatabase, user=user, dbname=dbname)
     collation = current.collation
-    if (
-        scram_matches(current.role_verifier, password)
-        and collation == ("C", "C")
-        and current.max_connections == max_connections
-    ):
+    sizing = connections.size(current.max_connections, current.synapse_units)
+    planned = scram_matches(current.role_verifier, password) and collation == ("C", "C")
+    if planned and not sizing.restart:
         host.noop(f"PostgreSQL role {user} and database {dbname} as planned")
         return
     if collation not in (None, ("C", "C")):
@@ -45,8 +45,12 @@ def postgres_database(user: str, dbname: str, password: str, max_connections: in
             f"database {dbname} exists with collation {collation}; Synapse needs "
             "C (recreate it, or point matrix_synapse_database_name elsewhere)"
         )
+    # The body runs twice (prepare, execute): say it once, before the first yield.
+    if sizing.restart and (not state.is_executing or not state.check_for_changes):
+        host.log(sizing.reason(), logger.warning)
+    setup = sql + (max_connections_sql(sizing.value) if sizing.restart else "")
     yield StringCommand(
-        "runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -d postgres", _stdin=sql
+        "runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -d postgres", _stdin=setup
     )
-    if current.max_connections != max_connections:
+    if sizing.restart:
         yield StringCommand("systemctl restart postgresql")

@@ -95,6 +95,21 @@ CASES: list[tuple[type, list[str], Any]] = [
         Database("SCRAM-SHA-256$4096:c2FsdA==$a:b", ("C", "C"), 220),
     ),
     (PostgresDatabase, ["role|", "max|100"], Database("", None, 100)),
+    (
+        PostgresDatabase,
+        [
+            "unit|matrix-synapse.service loaded active running Synapse",
+            "unit|matrix-synapse-worker@generic-0.service loaded activating start Synapse worker",
+            "unit|",
+            "max|300",
+        ],
+        Database(
+            None,
+            None,
+            300,
+            ("matrix-synapse.service", "matrix-synapse-worker@generic-0.service"),
+        ),
+    ),
     (PostgresDatabase, [], Database()),
 ]
 

@@ -19,6 +19,7 @@ from pyinfra.api import OperationError
 
 from deploys.core.drift import FileState, HostState, sha256
 from deploys.core.plan import build_plan
+from deploys.core.postgres import ConnectionRule
 from deploys.core.render import desired_state
 from deploys.core.settings import parse_settings
 from deploys.facts.files import FileLines, FileStates
@@ -77,24 +78,31 @@ def scram_verifier(password: str, salt: bytes = b"0123456789abcdef", iterations:
 
 PSQL = "runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -d postgres"
 RESTART = "systemctl restart postgresql"
-POSTGRES = {"user": "synapse", "dbname": "synapse", "password": "pw", "max_connections": 200}
+# One planned worker: needs 10 + 3 + 2 + 20 = 35 connections; generous: 100 (33 workers).
+POSTGRES = {
+    "user": "synapse",
+    "dbname": "synapse",
+    "password": "pw",
+    "connections": ConnectionRule(10, 3, 32, frozenset({"w"})),
+}
+RUNNING = ("matrix-synapse.service",)
 
 
 @pytest.mark.parametrize(
     ("database", "commands"),
     [
-        (Database(scram_verifier("pw"), ("C", "C"), 200), []),
+        (Database(scram_verifier("pw"), ("C", "C"), 200, RUNNING), []),
         (Database(None, None, None), [PSQL, RESTART]),  # PostgreSQL just installed
-        (Database(scram_verifier("old"), ("C", "C"), 200), [PSQL]),  # new password
-        (Database(None, ("C", "C"), 200), [PSQL]),  # role missing
-        (Database(scram_verifier("pw"), ("C", "C"), 100), [PSQL, RESTART]),
+        (Database(scram_verifier("old"), ("C", "C"), 200, RUNNING), [PSQL]),  # new password
+        (Database(None, ("C", "C"), 200, RUNNING), [PSQL]),  # role missing
+        (Database(scram_verifier("pw"), ("C", "C"), 30, RUNNING), [PSQL, RESTART]),  # too few
     ],
     ids=["as-planned", "fresh", "password", "no-role", "max-connections"],
 )
 def test_postgres_database(database: Database, commands: list[str]) -> None:
     outcome = run_operation(postgres_database, {PostgresDatabase: database}, sql="SQL", **POSTGRES)
     assert outcome.shell == commands
-    assert all(stdin == "SQL" for stdin in outcome.stdin[:1])  # SQL (password) only on stdin
+    assert all(stdin.startswith("SQL") for stdin in outcome.stdin[:1])  # SQL (password) on stdin
     assert bool(outcome.host.noops) == (commands == [])
 
 
@@ -102,7 +110,7 @@ def test_postgres_database_refuses_a_database_with_another_collation() -> None:
     with pytest.raises(OperationError, match=r"collation .*en_US.UTF-8.*Synapse needs C"):
         run_operation(
             postgres_database,
-            {PostgresDatabase: Database(None, ("en_US.UTF-8", "en_US.UTF-8"), 200)},
+            {PostgresDatabase: Database(None, ("en_US.UTF-8", "en_US.UTF-8"), 200, RUNNING)},
             sql="SQL",
             **POSTGRES,
         )

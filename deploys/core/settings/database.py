@@ -13,6 +13,7 @@ from deploys.core.settings.reader import HIGHEST_PORT, Reader
 
 LOCAL_HOSTS: Final = ("127.0.0.1", "::1", "localhost")
 MAX_POOL: Final = 100
+MAX_SPARE_WORKERS: Final = 1000
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class DatabaseSettings:
     cp_min: int
     main_cp_max: int
     workers_cp_max: int
+    spare_workers: int
 
 
 def read(r: Reader) -> DatabaseSettings:
@@ -43,6 +45,7 @@ def read(r: Reader) -> DatabaseSettings:
         cp_min=r.integer("matrix_synapse_database_cp_min", 1, MAX_POOL),
         main_cp_max=r.integer("matrix_synapse_database_main_cp_max", 1, MAX_POOL),
         workers_cp_max=r.integer("matrix_synapse_database_workers_cp_max", 1, MAX_POOL),
+        spare_workers=r.integer("matrix_synapse_database_spare_workers", 0, MAX_SPARE_WORKERS),
     )
     _check(r, db)
     return db
