@@ -1,0 +1,34 @@
+"""Report what runs where: `pyinfra inventories/prod.py deploys/status.py`.
+
+For each host, one table of every process the deploy plans there (the same settings and plan as
+``deploys/synapse.py``): unit state, main PID, uptime, resident memory, listening TCP ports, and
+ready or not (by the deploy's readiness criterion: active and answering /health), plus every unit
+of ours (``matrix-synapse*``) that systemd has loaded or running and the plan does not have.
+
+One SSH command per host whatever the number of workers (the ``SynapseStatus`` fact), read while
+pyinfra loads this file; there are no operations, so nothing on any host changes. With the
+environment variable ``SYNAPSE_STATUS_JSON=DIR`` each host's report is also written as JSON to
+``DIR/<host>.json`` on the controller.
+"""
+
+import json
+import os
+
+import click
+from pyinfra import host
+
+from deploys.components.plan import settings_and_plan
+from deploys.core.render import health_urls
+from deploys.core.status import host_status
+from deploys.core.status_table import status_lines
+from deploys.facts.status import SynapseStatus
+
+settings, plan = settings_and_plan()
+health = health_urls(plan)
+reading = host.get_fact(SynapseStatus, health=health)
+status = host_status(host.name, [p.unit for p in plan.processes], health, reading)
+# The report is the output: on standard output, apart from pyinfra's progress on standard error.
+click.echo("\n".join(status_lines(status)) + "\n")
+if directory := os.environ.get("SYNAPSE_STATUS_JSON"):
+    with open(os.path.join(directory, f"{host.name}.json"), "w") as out:
+        json.dump(status.as_dict(), out, indent=1)
