@@ -14,7 +14,6 @@ so they carry over as they are; a few Synapse options MDAD exposes as variables 
 from __future__ import annotations
 
 import math
-import pprint
 import re
 import textwrap
 from collections.abc import Callable, Iterable, Mapping
@@ -511,7 +510,8 @@ class _Importer:
                 else:
                     self.leave(
                         f"{ENABLED_LIST_KEY}[{index}].{name}",
-                        "no such worker field here; allowed: " + ", ".join(sorted(ENTRY_FIELDS)),
+                        "no such worker field here; allowed: "
+                        + ", ".join(sorted(ENTRY_FIELDS - {"app"})),
                         value,
                     )
             out.append(kept)
@@ -858,8 +858,8 @@ def _show(key: str, value: Any, limit: int = 200) -> str:
 def render_group_data(result: ImportResult, source: str) -> str:
     """The group_data file: every carried setting, commented, then what was left behind."""
     out = _comment(
-        f"group_data for pyinfra-synapse, imported from matrix-docker-ansible-deploy's {source} "
-        "by `python -m deploys.import_mdad`. Review it, then save it as group_data/<group>.py."
+        f"group_data for pyinfra-synapse, imported from matrix-docker-ansible-deploy's {source}. "
+        "Review it, then save it as group_data/<group>.py."
     )
     secrets = result.secret_keys()
     if secrets:
@@ -934,10 +934,25 @@ def _render_setting(c: Carried) -> list[str]:
     if comment:
         lines += _comment(comment)
     prefix = f"{c.key} = "
-    body = pprint.pformat(c.value, width=max(40, 99 - len(prefix)), sort_dicts=False)
-    # Continuation lines sit inside the value's brackets: aligned under its first character.
-    lines.append(prefix + body.replace("\n", "\n" + " " * len(prefix)))
+    lines.append(prefix + _python(c.value, len(prefix), 0))
     return lines
+
+
+def _python(value: Any, start: int, indent: int) -> str:
+    """``value`` as a Python literal: one line if it fits in 99 columns from ``start``, else one
+    item per line, indented four more than ``indent``."""
+    one = repr(value)
+    if start + len(one) <= 99 or not isinstance(value, (list, dict)) or not value:
+        return one
+    inner = indent + 4
+    if isinstance(value, list):
+        items = [_python(v, inner, inner) for v in value]
+        brackets = "[]"
+    else:
+        items = [f"{k!r}: " + _python(v, inner + len(repr(k)) + 2, inner) for k, v in value.items()]
+        brackets = "{}"
+    body = "".join(f"{' ' * inner}{item},\n" for item in items)
+    return f"{brackets[0]}\n{body}{' ' * indent}{brackets[1]}"
 
 
 def _comment(text: str, first: str = "# ", rest: str | None = None) -> list[str]:
