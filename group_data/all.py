@@ -102,6 +102,24 @@ matrix_synapse_config_check = True
 matrix_synapse_readiness_timeout = 300
 
 # ---------------------------------------------------------------------------------------------
+# Restarts: how a change reaches the running processes
+# ---------------------------------------------------------------------------------------------
+
+# "rolling": a change that concerns main restarts main first, alone, and waits until it is ready
+# (an upgrade migrates the schema there); then every other process restarts per class in waves,
+# never a whole class at once, each wave ready before the next (Synapse's coupled groups restart
+# together: all processes when event persisters change, every federation sender stopped then
+# started when federation_sender_instances change, main with every pusher when pusher_instances
+# change). "all-at-once": every affected process in one wave (faster, but a full outage).
+matrix_synapse_restart_strategy = "rolling"
+# Percentage of a class's processes (e.g. the generic workers) restarted per wave, 1 to 50:
+# rounded down, at least 1, and always fewer than the whole class when it has two or more.
+matrix_synapse_restart_batch_percent = 20
+# Seconds between nginx no longer sending new requests to a process and the process stopping,
+# so requests in flight can end.
+matrix_synapse_restart_drain_seconds = 2
+
+# ---------------------------------------------------------------------------------------------
 # nginx worker routing (one server in front of main and every worker)
 # ---------------------------------------------------------------------------------------------
 

@@ -8,8 +8,8 @@ checking the rules between its own keys:
 - ``homeserver``: name, accounts, paths, the main process's listeners (top-level attributes);
 - ``deploy``: ``install`` (Synapse version, virtualenv) and the run's lock, config check and
   readiness timeout;
-- ``database``, ``redis``, ``nginx``, ``limits``, ``metrics``: one frozen dataclass each on
-  ``Settings``;
+- ``database``, ``redis``, ``nginx``, ``limits``, ``metrics``, ``restarts``: one frozen
+  dataclass each on ``Settings``;
 - ``workers`` (counts, presets, port starts and the one set of count rules) with
   ``worker_list`` (the hand-written list);
 - ``extension``: the homeserver.yaml pass-through and the keys it may not set.
@@ -34,6 +34,7 @@ from deploys.core.settings import (
     metrics,
     nginx,
     redis,
+    restarts,
     workers,
 )
 from deploys.core.settings.database import DatabaseSettings
@@ -50,6 +51,7 @@ from deploys.core.settings.reader import (
     problem,
 )
 from deploys.core.settings.redis import RedisSettings
+from deploys.core.settings.restarts import RestartSettings
 from deploys.core.settings.worker_list import WorkerEntry
 from deploys.core.settings.workers import WorkerSettings
 
@@ -62,6 +64,7 @@ __all__ = [
     "MetricsSettings",
     "NginxSettings",
     "RedisSettings",
+    "RestartSettings",
     "Settings",
     "SettingsError",
     "WorkerEntry",
@@ -111,6 +114,7 @@ class Settings:
     workers: WorkerSettings
     nginx: NginxSettings
     metrics: MetricsSettings
+    restarts: RestartSettings
 
 
 def parse_settings(data: Mapping[str, Any]) -> Settings:
@@ -136,6 +140,7 @@ def parse_settings(data: Mapping[str, Any]) -> Settings:
         workers=workers.read(r),
         nginx=nginx.read(r),
         metrics=metrics.read(r),
+        restarts=restarts.read(r),
     )
     _check_unknown_keys(r)
     if r.problems:
