@@ -393,9 +393,9 @@ class _Importer:
         if self.has("matrix_domain"):
             self.literal_direct("matrix_domain", str)
         domain = self.result.settings.get("matrix_domain")
-        if "matrix_domain" not in self.vars:
+        if domain is None:
             self.result.notes.append(
-                "matrix_domain is not in the input: set it (the part after ':' in user IDs)"
+                "set matrix_domain (the part after ':' in user IDs): the input has no literal one"
             )
         if self.has("matrix_synapse_log_level"):
             ok, level = self.literal("matrix_synapse_log_level", str)
@@ -591,7 +591,12 @@ class _Importer:
                     "MDAD runs its own PostgreSQL on this machine (postgres_enabled defaults to "
                     "true): this deploy installs it on the host, then restore your database dump"
                     if install
-                    else ""
+                    else (
+                        "MDAD's own PostgreSQL, but the input holds no literal password for it "
+                        "(see To do)"
+                        if managed and not host_given
+                        else ""
+                    )
                 ),
             )
         for key in POSTGRES_PASSWORD_KEYS:
@@ -678,7 +683,7 @@ class _Importer:
                     if "{{" in raw or "{%" in raw:
                         why += " (it holds Jinja, which only Ansible can evaluate)"
                     mark = getattr(e, "problem_mark", None)
-                    where = f" at line {mark.line + 1}" if mark else ""
+                    where = f" (line {mark.line + 1} of its text)" if mark else ""
                     self.leave(key, f"{why}{where}", raw, shown=_show_yaml_text(raw))
                     continue
             else:
@@ -983,8 +988,6 @@ def check(result: ImportResult) -> list[str]:
     """
     data = load_defaults()
     data.update(result.values())
-    if data.get("matrix_domain") is None:
-        return []  # the operator must set it; noted in the output
     try:
         build_plan(parse_settings(data), "imported")
     except SettingsError as e:
