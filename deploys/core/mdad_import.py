@@ -59,16 +59,15 @@ LOCAL_DATABASE_HOST: Final = "127.0.0.1"
 # A Synapse max_upload_size that nginx's client_max_body_size also reads the same.
 NGINX_SIZE_RE: Final = re.compile(r"^[0-9]+[kKmMgG]?$")
 
-# Same name here, and the Python type a literal value must have.
+# Same name here, and the Python type a literal value must have (matrix_domain, the workers'
+# switch, preset, counts and list and the database keys have their own rules below).
 DIRECT: Final[Mapping[str, type | tuple[type, ...]]] = {
-    "matrix_domain": str,
     "matrix_synapse_report_stats": bool,
     "matrix_synapse_enable_registration": bool,
     "matrix_synapse_trusted_key_servers": list,
     "matrix_synapse_metrics_enabled": bool,
     "matrix_synapse_metrics_port": int,
     "matrix_synapse_replication_http_port": int,
-    "matrix_synapse_workers_enabled": bool,
     "matrix_synapse_database_port": int,
     "matrix_synapse_database_user": str,
     "matrix_synapse_database_cp_min": int,
@@ -287,6 +286,7 @@ class ImportResult:
         for c in self.settings.values():
             if c.secret:
                 found.extend(_strings(c.value))
+        # Short strings (a flag, "M") are words of the messages too, not secrets worth masking.
         return [s for s in found if len(s) >= 4]
 
 
@@ -314,7 +314,7 @@ def load_vars(text: str, source: str) -> dict[str, Any]:
         # problem and position only: the snippet PyYAML adds may hold a secret.
         where = (
             f" at line {e.problem_mark.line + 1}, column {e.problem_mark.column + 1}"
-            if (e.problem_mark)
+            if e.problem_mark
             else ""
         )
         raise ImportFailed(f"{source}: not valid YAML: {e.problem or e.context}{where}") from None
