@@ -8,6 +8,7 @@ nginx routes (``deploys.core.routing``) are models; this module turns them into 
 from __future__ import annotations
 
 import functools
+import hashlib
 import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from deploys.core.routing import (
     nginx_routes,
 )
 from deploys.core.settings import REPO_ROOT, NginxSettings, Settings
-from deploys.host.manifest import Directory, Readiness, RedisCheck, SynapseCheck
+from deploys.host.manifest import Directory, DrainSpec, Readiness, RedisCheck, SynapseCheck
 from deploys.host.units import EVERY_PROCESS, MAIN, TARGET_UNIT
 
 TEMPLATES_DIR: Final = REPO_ROOT / "templates"
@@ -125,6 +126,7 @@ class DesiredFile:
 
 
 NGINX_UNIT: Final = "nginx.service"
+NGINX_CHECK: Final = "nginx -t -q"
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,8 @@ class DesiredState:
     synapse_check: SynapseCheck | None
     # Directories we write into but share: files there that are not ours are listed, never touched.
     shared_dirs: tuple[str, ...] = ()
+    # How a restart drains processes out of nginx first (None: nginx routing is off).
+    drain: DrainSpec | None = None
 
 
 @functools.cache
@@ -239,15 +243,24 @@ def desired_state(settings: Settings, plan: WorkerPlan) -> DesiredState:
             restarts=frozenset({worker.name}),
         )
     _add_units(settings, plan, paths, add)
+    drain = None
     if settings.nginx.enabled:
         # nginx reads it at reload; `nginx -t` must pass first, or the old file is put back.
+        nginx_file = nginx_config(plan, settings.nginx)
         add(
             settings.nginx.config_path,
-            nginx_config(plan, settings.nginx),
+            nginx_file,
             mode=0o644,
             group="root",
             reloads=frozenset({NGINX_UNIT}),
-            check="nginx -t -q",
+            check=NGINX_CHECK,
+        )
+        drain = DrainSpec(
+            path=settings.nginx.config_path,
+            sha256=hashlib.sha256(nginx_file.encode()).hexdigest(),
+            grace=settings.restarts.drain_seconds,
+            unit=NGINX_UNIT,
+            check=NGINX_CHECK,
         )
     file_sd = settings.metrics.file_sd_path
     if settings.metrics_enabled and file_sd:
@@ -271,6 +284,7 @@ def desired_state(settings: Settings, plan: WorkerPlan) -> DesiredState:
         paths.signing_key,
         synapse_check,
         (paths.workers_dir, paths.conf_d),
+        drain,
     )
 
 

@@ -16,6 +16,7 @@ Steps of apply:
     prerequisites  account, directories, generated secrets
     systemd    read unit states, run actions, report failures
     readiness  wait until every (re)started unit is ready
+    drain      take processes out of nginx's routing before they stop, put them back after
 
 Rules both sides use:
     ownership  which files are ours, stale, left alone; is a path under a directory; secret present

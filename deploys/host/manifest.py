@@ -117,6 +117,19 @@ class SynapseCheck:
 
 
 @dataclasses.dataclass(frozen=True)
+class DrainSpec:
+    """How the host takes processes out of nginx's routing before stopping them
+    (``host/drain.py``): their ``server`` lines in the live routing file marked ``down``, nginx
+    reloaded, in-flight requests given up to ``grace`` seconds; then the managed file back."""
+
+    path: str  # the live nginx routing file
+    sha256: str  # its managed content (what the batch wrote): the only base a drain edits
+    grace: float  # seconds a drain waits at most for in-flight requests on drained servers
+    unit: str  # reloaded after each rewrite, e.g. nginx.service
+    check: str  # must pass with the rewritten file, e.g. "nginx -t -q"
+
+
+@dataclasses.dataclass(frozen=True)
 class Manifest:
     """Everything the Synapse apply (``host/apply.py``) needs, on top of its batch of files."""
 
@@ -137,6 +150,7 @@ class Manifest:
     # Directories we write into but share: files there that are not ours are listed, never touched.
     shared_dirs: tuple[str, ...]
     readiness: Readiness
+    drain: DrainSpec | None  # None: nginx routing is off, nothing to drain
 
 
 # --- JSON codec ----------------------------------------------------------------------------------

@@ -162,6 +162,7 @@ def build_manifest(
         reloaded_units=tuple(reloaded(desired)),
         shared_dirs=tuple(desired.shared_dirs),
         readiness=desired.readiness,
+        drain=desired.drain,
     )
     return manifest, uploads
 

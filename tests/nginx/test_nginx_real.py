@@ -70,6 +70,8 @@ class Stubs:
         self.connections: Counter[str] = Counter()
         self.answered: Counter[str] = Counter()
         self.dying: set[str] = set()
+        self._servers: dict[str, list[asyncio.AbstractServer]] = {}
+        self._open: dict[str, set[asyncio.StreamWriter]] = {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="nginx-stubs", daemon=True)
         self._ready = threading.Event()
@@ -87,17 +89,30 @@ class Stubs:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
 
+    def stop_serving(self, name: str) -> None:
+        """The process ``name`` stops: its ports refuse, its open connections are reset."""
+
+        def stop() -> None:
+            for server in self._servers.pop(name, []):
+                server.close()
+            for writer in self._open.pop(name, set()):
+                writer.transport.abort()
+
+        done = threading.Event()
+        self._loop.call_soon_threadsafe(lambda: (stop(), done.set()))
+        assert done.wait(10)
+
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         servers: list[asyncio.AbstractServer] = []
         try:
             for (address, port), name in self.listeners.items():
                 serve = functools.partial(self._serve, name)
-                servers.append(
-                    self._loop.run_until_complete(
-                        asyncio.start_server(serve, address, port, reuse_address=True)
-                    )
+                server = self._loop.run_until_complete(
+                    asyncio.start_server(serve, address, port, reuse_address=True)
                 )
+                servers.append(server)
+                self._servers.setdefault(name, []).append(server)
         except BaseException as exc:  # reported by __enter__
             self._error = exc
         self._ready.set()
@@ -115,6 +130,7 @@ class Stubs:
         self, name: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         self.connections[name] += 1
+        self._open.setdefault(name, set()).add(writer)
         try:
             while True:
                 head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
@@ -146,6 +162,7 @@ class Stubs:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            self._open.get(name, set()).discard(writer)
             writer.close()
 
 

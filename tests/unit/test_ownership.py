@@ -82,6 +82,7 @@ def test_controller_and_host_agree_on_stale_and_foreign_files(tmp_path: Path) ->
         reloaded_units=(),
         shared_dirs=desired.shared_dirs,
         readiness=Readiness(0),
+        drain=None,
     )
     host_stale = batch.find_stale(manifest.batch)
 

@@ -1,0 +1,249 @@
+"""Drain processes out of nginx before they stop, and put them back after. Standard library only.
+
+nginx's routing file (``deploys/core/routing.py`` renders it) names each upstream server's
+process in a trailing comment: ``server 127.0.0.1:15001 max_fails=1 fail_timeout=2s;  # generic-1``.
+``drain(spec, processes)`` rewrites the live file with those servers marked ``down`` (main's
+``backup`` lines too when ``main`` is among them), checks it (``nginx -t``), reloads nginx and
+waits until the reload took (new nginx worker processes), then until no connection to a drained
+server is open, for at most ``spec.grace`` seconds. A reload lets nginx's old worker processes
+finish the requests they hold, new ones never pick a ``down`` server, and both close idle
+keepalive connections, so an open connection to a drained server is a request in flight. A
+request still in flight when the grace ends is cut when its process stops; nginx passes an
+idempotent one (a long-poll ``/sync``) to another server of the class, once
+(``proxy_next_upstream``).
+
+``undrain(spec)`` writes the managed file back. Every rewrite is atomic (a temporary sibling with
+the live file's mode and owner, renamed over it), and both edit only the managed content
+(``spec.sha256``): the template never writes ``down``, so taking every ``down`` out of a drained
+file gives the managed one back exactly, which the sha256 proves. A run killed while its file
+was drained leaves that file; the next run's fact reads a sha256 that is not the managed one and
+the batch writes the managed content again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from .batch import ApplyError
+from .files import write_atomically
+from .manifest import DrainSpec
+
+# One upstream server line: address, parameters, optional "down", its process in the comment.
+_SERVER_LINE = re.compile(
+    r"^(?P<head>\s*server\s+(?P<address>\S+)[^;#]*?)(?P<down> down)?"
+    r"(?P<tail>;\s*#\s*(?P<process>\S+)\s*)$"
+)
+ESTABLISHED = "01"  # the state column of /proc/net/tcp
+POLL_SECONDS = 0.05
+RELOAD_TIMEOUT = 10.0  # seconds for nginx's new worker processes to appear after a reload
+
+
+class DrainError(ApplyError):
+    """nginx's routing file could not be drained or put back; the message says why."""
+
+
+@dataclass(frozen=True)
+class Drained:
+    """What a drain did: the servers it marked down (process, address), how long it waited,
+    and how many connections to them were still open when it stopped waiting."""
+
+    servers: tuple[tuple[str, str], ...]
+    waited: float
+    in_flight: int
+
+
+def mark_down(text: str, processes: Iterable[str]) -> tuple[str, list[tuple[str, str]]]:
+    """``text`` with the server lines of ``processes`` marked ``down``; and those servers."""
+    wanted = set(processes)
+    lines, servers = [], []
+    for line in text.split("\n"):
+        m = _SERVER_LINE.match(line)
+        if m and m["process"] in wanted:
+            servers.append((m["process"], m["address"]))
+            line = f"{m['head']} down{m['tail']}"
+        lines.append(line)
+    return "\n".join(lines), servers
+
+
+def undrained(text: str) -> str:
+    """``text`` with every server line's ``down`` taken out (the managed file never has one)."""
+    return "\n".join(
+        f"{m['head']}{m['tail']}" if (m := _SERVER_LINE.match(line)) else line
+        for line in text.split("\n")
+    )
+
+
+def drain(
+    spec: DrainSpec,
+    processes: Iterable[str],
+    reload: Callable[[DrainSpec], None] | None = None,
+) -> Drained:
+    """Mark the servers of ``processes`` down, reload nginx, wait for their requests in flight.
+
+    Args:
+        spec: the routing file, its managed sha256, the grace period, nginx's unit and check.
+        processes: process names (``main``: main's server and its ``backup`` lines too). One
+            with no server line (a federation sender) is no work: no rewrite, no reload.
+        reload: reloads nginx and returns once the new configuration serves; by default
+            ``systemctl reload`` of ``spec.unit`` (``reload_unit``).
+
+    Returns:
+        What was drained and how long it took.
+
+    Raises:
+        DrainError: the live file is not the managed one (drained or not), or the check or the
+            reload failed (the managed file is back then).
+    """
+    base = _managed(spec)
+    text, servers = mark_down(base, processes)
+    if not servers:
+        return Drained((), 0.0, 0)
+    _rewrite(spec, text, base, reload or reload_unit)
+    start = time.monotonic()
+    addresses = {_socket_address(address) for _, address in servers}
+    while (open_now := connections_to(addresses)) and time.monotonic() - start < spec.grace:
+        time.sleep(POLL_SECONDS)
+    return Drained(tuple(servers), time.monotonic() - start, open_now)
+
+
+def undrain(spec: DrainSpec, reload: Callable[[DrainSpec], None] | None = None) -> bool:
+    """Write the managed routing file back and reload nginx; False if nothing was drained.
+
+    Raises:
+        DrainError: the file without its ``down`` marks is not the managed one, or the check or
+            the reload failed.
+    """
+    base = _managed(spec)
+    if _read(spec.path) == base:
+        return False
+    _rewrite(spec, base, None, reload or reload_unit)
+    return True
+
+
+def reload_unit(spec: DrainSpec) -> None:
+    """``systemctl reload`` nginx's unit; return once its master runs new worker processes."""
+    shown = _run(["systemctl", "show", "--property=MainPID", "--value", spec.unit])
+    pid = int(shown.stdout.strip() or 0)
+    if pid <= 0:
+        raise DrainError(f"{spec.unit} is not running: cannot drain through it")
+    wait_for_new_workers(pid, lambda: _run(["systemctl", "reload", spec.unit]))
+
+
+def wait_for_new_workers(master: int, reload: Callable[[], object]) -> None:
+    """Run ``reload`` and wait until nginx's ``master`` runs a worker process it did not have
+    before and every old worker process is shutting down (nginx signals them 100 ms after
+    starting the new ones): from then on no worker picks a server by the old file."""
+    before = _children(master)
+    reload()
+    deadline = time.monotonic() + RELOAD_TIMEOUT
+    while not (_children(master) - before) or any(map(_still_accepting, before)):
+        if time.monotonic() > deadline:
+            raise DrainError(f"nginx (pid {master}) did not reload within {RELOAD_TIMEOUT}s")
+        time.sleep(POLL_SECONDS)
+    time.sleep(POLL_SECONDS)  # its title changes just before it closes its listening sockets
+
+
+def connections_to(addresses: set[tuple[str, int]]) -> int:
+    """Established TCP connections on this host whose remote end is one of ``addresses``."""
+    count = 0
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except FileNotFoundError:  # no IPv6
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == ESTABLISHED and _proc_address(fields[2], family) in addresses:
+                count += 1
+    return count
+
+
+# --- Helpers ----------------------------------------------------------------------------------
+
+
+def _managed(spec: DrainSpec) -> str:
+    """The managed content, from the live file (drained or not); DrainError if it is not."""
+    base = undrained(_read(spec.path))
+    if hashlib.sha256(base.encode()).hexdigest() != spec.sha256:
+        raise DrainError(
+            f"{spec.path} is not the routing file this deploy manages (changed since?): "
+            "not draining through it; run the deploy again"
+        )
+    return base
+
+
+def _rewrite(
+    spec: DrainSpec, text: str, restore: str | None, reload: Callable[[DrainSpec], None]
+) -> None:
+    """Write ``text`` over the live file, check it and reload nginx; on a failure put
+    ``restore`` back (when given) and raise."""
+    st = os.stat(spec.path)
+    write_atomically(spec.path, text.encode(), st.st_mode & 0o7777, st.st_uid, st.st_gid)
+    try:
+        check = subprocess.run(spec.check, shell=True, capture_output=True, text=True, check=False)
+        if check.returncode != 0:
+            raise DrainError(f"{spec.check} refused {spec.path}: {check.stderr.strip()}")
+        reload(spec)
+    except (ApplyError, OSError) as error:
+        if restore is not None:
+            write_atomically(spec.path, restore.encode(), st.st_mode & 0o7777, st.st_uid, st.st_gid)
+        raise DrainError(str(error)) from None
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as error:
+        raise DrainError(f"cannot read {path}: {error.strerror or error}") from None
+
+
+def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise DrainError(f"{' '.join(command)} failed: {result.stderr.strip()}")
+    return result
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return {int(p) for p in f.read().split()}
+    except FileNotFoundError:
+        raise DrainError(f"nginx's master process {pid} is gone") from None
+
+
+def _still_accepting(pid: int) -> bool:
+    """An nginx worker process that is not shutting down (its title says so)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            title = f.read().decode(errors="replace")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return "worker process" in title and "shutting down" not in title
+
+
+def _socket_address(address: str) -> tuple[str, int]:
+    """``host:port`` as nginx's file has it (IPv6 in brackets) -> (normalized ip, port)."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.inet_ntop(family, socket.inet_pton(family, host)), int(port)
+
+
+def _proc_address(field: str, family: int) -> tuple[str, int]:
+    """``0100007F:1F90`` (/proc/net/tcp: 32-bit words in host byte order) -> (ip, port)."""
+    hex_ip, _, hex_port = field.partition(":")
+    raw = bytes.fromhex(hex_ip)
+    if sys.byteorder == "little":
+        raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    return socket.inet_ntop(family, raw), int(hex_port, 16)
