@@ -76,6 +76,7 @@ class Root:
             matrix_synapse_data_dir=f"{root}/var/lib/matrix-synapse",
             matrix_synapse_media_store_path=f"{root}/var/lib/matrix-synapse/media_store",
             matrix_synapse_nginx_config_path=f"{root}/etc/nginx/conf.d/synapse.conf",
+            matrix_synapse_metrics_file_sd_path=f"{root}/etc/prometheus/file_sd/synapse.json",
             matrix_synapse_user=ACCOUNT_USER,
             matrix_synapse_group=ACCOUNT_GROUP,
             matrix_synapse_database_password="not-used-at-load",
