@@ -246,6 +246,8 @@ matrix_synapse_workers_stream_writer_quarantined_media_changes_stream_workers_co
 # First port of each type's block; worker N of a type gets start + N. The defaults are
 # 1,000-wide blocks below 32768 that never collide (matrix-docker-ansible-deploy's collide after
 # 89 generic workers). Any collision between two listeners stops the run before a host is touched.
+# On several machines N counts across the cluster (see matrix_synapse_role) and the port is
+# start + N % 1000: one machine's workers of a type are consecutive, so they still never collide.
 matrix_synapse_workers_room_workers_port_range_start = 11000
 matrix_synapse_workers_room_workers_metrics_range_start = 21000
 matrix_synapse_workers_sync_workers_port_range_start = 12000
