@@ -278,3 +278,25 @@ matrix_synapse_workers_background_workers_metrics_range_start = 31100
 #    {"name": "stream-writer-0-events", "type": "stream_writer", "stream_writer_stream": "events",
 #     "replication_port": 19000, "metrics_port": 26000}]
 matrix_synapse_workers_enabled_list = []
+
+# ---------------------------------------------------------------------------------------------
+# Several machines (one cluster: every inventory host with the same matrix_domain)
+# ---------------------------------------------------------------------------------------------
+
+# "main": this machine runs the main process and nginx (and Redis/PostgreSQL unless external);
+# exactly one host of the cluster is main. "workers": only the workers its own worker keys plan
+# (counts, preset or enabled_list; count-based names are numbered across the cluster, main's
+# first, then the others in inventory order, so names are unique). "retired": everything of ours
+# is stopped and removed from it, so a machine can leave the cluster.
+matrix_synapse_role = "main"
+
+# The IP address or host name the cluster's other machines reach this one at (replication,
+# Redis, PostgreSQL, nginx upstreams). Required once the cluster has more than one machine; an IP
+# address is then bound by every replication and worker HTTP listener (a host name: bind its IP
+# yourself through matrix_synapse_bind_addresses / matrix_synapse_replication_bind_addresses).
+# Never loopback; nothing binds a public address unless you put it here.
+matrix_synapse_private_address = None
+
+# Media repository workers on more than one machine need one media store shared by all of them
+# (Synapse's rule): set True only when matrix_synapse_media_store_path is such shared storage.
+matrix_synapse_media_store_shared = False

@@ -1,6 +1,10 @@
 """Turn ``Settings`` into a worker plan: every process, its listeners and the shared worker config
 (the model lives in ``deploys.core.processes``; importing it from here works too).
 
+One machine's processes (``plan_machine``) and the shared config (``shared_config``) are the two
+halves of ``build_plan``; the cluster plan (``deploys.core.cluster``) calls the same two for
+several machines, with a ``Placement`` saying where each machine sits in the cluster.
+
 Pure: no pyinfra imports. ``build_plan`` also enforces what Synapse itself does not check
 (synapse-workers.md §3.4): unique ports across every listener on a machine (nginx's too), ports in
 range, and every name that a shared setting references belongs to a planned worker.
@@ -9,8 +13,8 @@ range, and every name that a shared setting references belongs to a planned work
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
 
@@ -26,6 +30,7 @@ from deploys.core.processes import (
 from deploys.core.settings import Settings, SettingsError, WorkerEntry, problem
 from deploys.core.settings.reader import HIGHEST_PORT, LOWEST_PORT
 from deploys.core.settings.worker_list import ENABLED_LIST_KEY
+from deploys.core.settings.workers import MAX_WORKERS_PER_TYPE
 from deploys.core.worker_types import (
     STREAM_WRITER,
     STREAM_WRITER_PORT_KEYS,
@@ -42,11 +47,14 @@ __all__ = [
     "MAIN",
     "WORKER_UNIT_TEMPLATE",
     "Listener",
+    "Placement",
     "Process",
     "SharedWorkerConfig",
     "WorkerPlan",
     "build_plan",
     "connect_address",
+    "plan_machine",
+    "shared_config",
 ]
 
 MAX_PORT_PROBLEMS: Final = 10
@@ -65,18 +73,53 @@ def build_plan(settings: Settings, machine: str) -> WorkerPlan:
     Raises:
         SettingsError: a port out of range or two listeners on one port, naming the settings.
     """
-    main = _main_process(settings, machine)
-    workers = tuple(_workers(settings, machine))
-    nginx = _nginx_listener(settings)
-    _check_ports((main, *workers), nginx)
-    shared = _shared_config(settings, main, workers)
-    missing = shared.referenced_names() - {w.name for w in workers}
-    if missing:  # a bug in this module, not bad input: every name comes from the worker list
-        raise AssertionError(f"shared config names unplanned workers: {sorted(missing)}")
-    return WorkerPlan(main=main, workers=workers, shared=shared, nginx=nginx)
+    main, workers, nginx = plan_machine(settings, machine)
+    assert main is not None  # the default placement runs main
+    return WorkerPlan(main=main, workers=workers, shared=shared_config(main, workers), nginx=nginx)
 
 
-def _main_process(settings: Settings, machine: str) -> Process:
+@dataclass(frozen=True)
+class Placement:
+    """Where one machine sits in a cluster (the default: alone, as ``build_plan`` plans it).
+
+    Attributes:
+        runs_main: the machine runs the main process and nginx.
+        first_index: worker type key (``stream_writer`` for every stream) -> the cluster-wide
+            number of this machine's first count-based worker of the type, so names from counts
+            are unique across machines. Its port is ``start + number % 1000``: one machine's
+            numbers of a type are consecutive and at most 1,000, so they never share a port, and
+            a worker keeps its port when another moves.
+        peer_address: the IP address the cluster's other machines reach this one at: every
+            replication and worker HTTP listener binds it too (None: alone, or a host name the
+            operator binds through the bind-address settings).
+    """
+
+    runs_main: bool = True
+    first_index: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    peer_address: str | None = None
+
+
+def plan_machine(
+    settings: Settings, machine: str, placement: Placement | None = None
+) -> tuple[Process | None, tuple[Process, ...], Listener | None]:
+    """One machine's processes and nginx listener, their ports checked.
+
+    Returns:
+        The main process (None unless ``placement.runs_main``), the workers, nginx's listener
+        (None unless the machine runs main and nginx is on).
+
+    Raises:
+        SettingsError: a port out of range or two listeners on one port, naming the settings.
+    """
+    placement = placement or Placement()
+    main = _main_process(settings, machine, placement) if placement.runs_main else None
+    workers = tuple(_workers(settings, machine, placement))
+    nginx = _nginx_listener(settings) if placement.runs_main else None
+    _check_ports((*([main] if main else []), *workers), nginx)
+    return main, workers, nginx
+
+
+def _main_process(settings: Settings, machine: str, placement: Placement) -> Process:
     listeners = [
         Listener(
             purpose="http",
@@ -95,6 +138,7 @@ def _main_process(settings: Settings, machine: str) -> Process:
                 port=settings.replication_port,
                 resources=(),
                 source="matrix_synapse_replication_http_port",
+                peer_address=placement.peer_address,
             )
         )
     if settings.metrics_enabled:
@@ -134,29 +178,38 @@ class _Spec:
     ports: Mapping[str, tuple[int | None, str]]  # purpose -> (port, source setting)
 
 
-def _workers(settings: Settings, machine: str) -> Iterator[Process]:
+def _workers(settings: Settings, machine: str, placement: Placement) -> Iterator[Process]:
     w = settings.workers
     if not w.enabled:
         return
-    specs = _specs_from_list(w.enabled_list) if w.enabled_list else _specs_from_counts(settings)
+    specs = (
+        _specs_from_list(w.enabled_list)
+        if w.enabled_list
+        else _specs_from_counts(settings, placement.first_index)
+    )
     problems: list[str] = []
-    processes = [_process(settings, machine, spec, problems) for spec in specs]
+    processes = [
+        _process(settings, machine, spec, problems, placement.peer_address) for spec in specs
+    ]
     if problems:
         raise SettingsError(problems)
     yield from processes
 
 
-def _specs_from_counts(settings: Settings) -> Iterator[_Spec]:
+def _specs_from_counts(settings: Settings, first_index: Mapping[str, int]) -> Iterator[_Spec]:
     w = settings.workers
     starts = w.port_starts
 
     def port(key: str | None, index: int) -> tuple[int | None, str]:
-        return (None, "") if key is None else (starts[key] + index, key)
+        # Alone on a machine the index is below 1,000; see Placement.first_index for a cluster.
+        return (None, "") if key is None else (starts[key] + index % MAX_WORKERS_PER_TYPE, key)
 
     for t in WORKER_TYPES:
         if t.key == "federation_sender":  # matrix-docker-ansible-deploy's order
-            yield from _stream_writer_specs(w.stream_counts, port)
-        for index in range(w.counts[t.key]):
+            first = first_index.get(STREAM_WRITER.key, 0)
+            yield from _stream_writer_specs(w.stream_counts, port, first)
+        first = first_index.get(t.key, 0)
+        for index in range(first, first + w.counts[t.key]):
             yield _Spec(
                 name=f"{t.name_prefix}-{index}",
                 worker_type=t,
@@ -168,9 +221,8 @@ def _specs_from_counts(settings: Settings) -> Iterator[_Spec]:
             )
 
 
-def _stream_writer_specs(stream_counts: Mapping[str, int], port) -> Iterator[_Spec]:
+def _stream_writer_specs(stream_counts: Mapping[str, int], port, index: int) -> Iterator[_Spec]:
     # One global index over all streams, in the fixed stream order, names and ports follow it.
-    index = 0
     for stream in STREAMS:
         for _ in range(stream_counts[stream.name]):
             yield _Spec(
@@ -205,7 +257,9 @@ def _specs_from_list(entries: tuple[WorkerEntry, ...]) -> Iterator[_Spec]:
         )
 
 
-def _process(settings: Settings, machine: str, spec: _Spec, problems: list[str]) -> Process:
+def _process(
+    settings: Settings, machine: str, spec: _Spec, problems: list[str], peer_address: str | None
+) -> Process:
     t, stream = spec.worker_type, spec.stream
     media = t.media or bool(stream and stream.media)
     resources = t.http_resources
@@ -234,7 +288,14 @@ def _process(settings: Settings, machine: str, spec: _Spec, problems: list[str])
             )
             continue
         listeners.append(
-            _listener(settings, purpose=purpose, port=port, resources=resources, source=source)
+            _listener(
+                settings,
+                purpose=purpose,
+                port=port,
+                resources=resources,
+                source=source,
+                peer_address=peer_address,
+            )
         )
     return Process(
         name=spec.name,
@@ -247,13 +308,19 @@ def _process(settings: Settings, machine: str, spec: _Spec, problems: list[str])
 
 
 def _listener(
-    settings: Settings, *, purpose: str, port: int, resources: tuple[str, ...], source: str
+    settings: Settings,
+    *,
+    purpose: str,
+    port: int,
+    resources: tuple[str, ...],
+    source: str,
+    peer_address: str | None = None,
 ) -> Listener:
     if purpose == "replication":
         return Listener(
             purpose=purpose,
             port=port,
-            bind_addresses=settings.replication_bind_addresses,
+            bind_addresses=_with_peer(settings.replication_bind_addresses, peer_address),
             resources=("replication",),
             x_forwarded=False,
             source=source,
@@ -270,11 +337,23 @@ def _listener(
     return Listener(
         purpose=purpose,
         port=port,
-        bind_addresses=settings.bind_addresses,
+        bind_addresses=_with_peer(settings.bind_addresses, peer_address),
         resources=resources,
         x_forwarded=settings.x_forwarded,
         source=source,
     )
+
+
+def _with_peer(bind_addresses: tuple[str, ...], peer_address: str | None) -> tuple[str, ...]:
+    """``bind_addresses`` plus the address peers reach, unless already bound: by itself or by
+    the wildcard of its family (the kernel refuses both on one port)."""
+    if peer_address is None:
+        return bind_addresses
+    peer = ipaddress.ip_address(peer_address)
+    for bound in map(ipaddress.ip_address, bind_addresses):
+        if bound == peer or (bound.is_unspecified and bound.version == peer.version):
+            return bind_addresses
+    return (*bind_addresses, str(peer))
 
 
 def _check_ports(processes: tuple[Process, ...], nginx: Listener | None) -> None:
@@ -336,9 +415,23 @@ def _overlap(a: Listener, b: Listener) -> bool:
     return any(x == y or x.is_unspecified or y.is_unspecified for x in ours for y in theirs)
 
 
-def _shared_config(
-    settings: Settings, main: Process, workers: tuple[Process, ...]
+def shared_config(
+    main: Process,
+    workers: tuple[Process, ...],
+    reach: Callable[[Process, Listener], str] | None = None,
 ) -> SharedWorkerConfig:
+    """The settings every process reads to know which process does what.
+
+    Args:
+        main: the main process.
+        workers: every worker that reads it (a cluster's: of every machine, in machine order).
+        reach: the address other processes connect to a listener at (default: on the same
+            machine, ``connect_address`` of its bind addresses).
+
+    Raises:
+        AssertionError: a shared setting names a worker not in ``workers`` (a bug, not input).
+    """
+
     def names(role: SharedRole) -> tuple[str, ...]:
         return tuple(w.name for w in workers if w.worker_type and w.worker_type.shared_role is role)
 
@@ -350,7 +443,9 @@ def _shared_config(
         replication = process.listener("replication")
         if replication is not None:
             instance_map[process.name] = (
-                connect_address(replication.bind_addresses),
+                reach(process, replication)
+                if reach
+                else connect_address(replication.bind_addresses),
                 replication.port,
             )
     stream_writers = {
@@ -359,7 +454,7 @@ def _shared_config(
         if any(w.stream is s for w in workers)  # Synapse rejects empty lists (synapse#13804)
     }
     media_workers = names(SharedRole.MEDIA)
-    return SharedWorkerConfig(
+    shared = SharedWorkerConfig(
         instance_map=MappingProxyType(instance_map if workers else {}),
         stream_writers=MappingProxyType(stream_writers),
         federation_sender_instances=names(SharedRole.FEDERATION_SENDER),
@@ -370,3 +465,7 @@ def _shared_config(
         media_instance_running_background_jobs=media_workers[0] if media_workers else None,
         enable_media_repo=not media_workers,
     )
+    missing = shared.referenced_names() - {w.name for w in workers}
+    if missing:  # a bug in this module, not bad input: every name comes from the worker list
+        raise AssertionError(f"shared config names unplanned workers: {sorted(missing)}")
+    return shared

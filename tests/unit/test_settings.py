@@ -762,6 +762,7 @@ NOT_A_DEFAULT = {
     "127.0.0.1": "one of database.LOCAL_HOSTS",
     "1.163.2": "the example in the version's message",
     "matrix-synapse": "the example in the account's message",
+    "main": "one of cluster.ROLES, and the name a worker may not take (worker_list.py)",
 }
 
 

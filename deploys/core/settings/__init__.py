@@ -8,14 +8,15 @@ checking the rules between its own keys:
 - ``homeserver``: name, accounts, paths, the main process's listeners (top-level attributes);
 - ``deploy``: ``install`` (Synapse version, virtualenv) and the run's lock, config check and
   readiness timeout;
-- ``database``, ``redis``, ``nginx``, ``limits``, ``metrics``, ``restarts``: one frozen
-  dataclass each on ``Settings``;
+- ``database``, ``redis``, ``nginx``, ``limits``, ``metrics``, ``restarts``, ``cluster``: one
+  frozen dataclass each on ``Settings``;
 - ``workers`` (counts, presets, port starts and the one set of count rules) with
   ``worker_list`` (the hand-written list);
 - ``extension``: the homeserver.yaml pass-through and the keys it may not set.
 
 Rules that need the worker plan (every listener's port unique, nginx's included) are the plan's
-(``deploys.core.plan``).
+(``deploys.core.plan``); rules between the hosts of a cluster are the cluster plan's
+(``deploys.core.cluster``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from deploys.core.settings import (
+    cluster,
     database,
     deploy,
     extension,
@@ -37,6 +39,7 @@ from deploys.core.settings import (
     restarts,
     workers,
 )
+from deploys.core.settings.cluster import ClusterSettings
 from deploys.core.settings.database import DatabaseSettings
 from deploys.core.settings.deploy import InstallSettings
 from deploys.core.settings.limits import LimitsSettings
@@ -58,6 +61,7 @@ from deploys.core.settings.workers import WorkerSettings
 __all__ = [
     "DEFAULTS_FILE",
     "REPO_ROOT",
+    "ClusterSettings",
     "DatabaseSettings",
     "InstallSettings",
     "LimitsSettings",
@@ -115,6 +119,7 @@ class Settings:
     nginx: NginxSettings
     metrics: MetricsSettings
     restarts: RestartSettings
+    cluster: ClusterSettings
 
 
 def parse_settings(data: Mapping[str, Any]) -> Settings:
@@ -141,6 +146,7 @@ def parse_settings(data: Mapping[str, Any]) -> Settings:
         nginx=nginx.read(r),
         metrics=metrics.read(r),
         restarts=restarts.read(r),
+        cluster=cluster.read(r),
     )
     _check_unknown_keys(r)
     if r.problems:
