@@ -23,7 +23,7 @@ from deploys.core.status import host_status
 from deploys.core.status_table import status_lines
 from deploys.facts.status import SynapseStatus
 
-settings, plan = settings_and_plan()
+_, plan = settings_and_plan()
 health = health_urls(plan)
 reading = host.get_fact(SynapseStatus, health=health)
 status = host_status(host.name, [p.unit for p in plan.processes], health, reading)

@@ -4,8 +4,11 @@ the probe's request codec and its one-command size at the largest plan."""
 from __future__ import annotations
 
 import http.server
+import os
+import subprocess
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -205,3 +208,29 @@ def test_the_probe_checks_health_as_readiness_does(health_server: str) -> None:
     )
     closed = status_probe.health_problem("http://127.0.0.1:1/health", 2)
     assert closed is not None and "failed" in closed
+
+
+def test_the_probe_finds_unit_cgroups_in_nested_slices_and_the_main_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "unified"
+    main_dir = root / "system.slice" / MAIN
+    worker_dir = root / "system.slice" / "system-matrix\\x2dsynapse\\x2dworker.slice" / W0
+    for directory in (main_dir, worker_dir, root / "system.slice" / "ssh.service"):
+        directory.mkdir(parents=True)
+    monkeypatch.setattr(status_probe, "CGROUP_ROOTS", (str(root), str(tmp_path / "none")))
+    assert status_probe.unit_cgroups({MAIN, W0, W1}) == {MAIN: str(main_dir), W0: str(worker_dir)}
+
+    # A unit holding this process and a child of it: the main process is the parent.
+    with subprocess.Popen(["sleep", "30"]) as child:
+        try:
+            (worker_dir / "cgroup.procs").write_text(f"{child.pid}\n{os.getpid()}\n")
+            with open("/proc/uptime") as uptime:
+                now = float(uptime.read().split()[0])
+            pid, seconds, rss, pids = status_probe.unit_processes(str(worker_dir), now) or (0,) * 4
+            assert (pid, pids) == (os.getpid(), sorted([os.getpid(), child.pid]))
+            assert 0 <= seconds < 3600 and rss > 1024 * 1024
+        finally:
+            child.kill()
+    (main_dir / "cgroup.procs").write_text("")
+    assert status_probe.unit_processes(str(main_dir), now) is None
