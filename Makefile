@@ -4,9 +4,10 @@
 VENV ?= .venv
 PYTHON ?= python3
 STAMPS := .stamps
-# systemd-nspawn test hosts (debootstrap tree, socat bridge), psycopg2's build, ssh client.
-APT_PACKAGES := systemd-container debootstrap socat zstd openssh-client libpq-dev gcc nginx-light \
-	python3-venv
+# systemd-nspawn test hosts (debootstrap tree, socat bridge, iproute2 for bridge networks),
+# psycopg2's build, ssh client.
+APT_PACKAGES := systemd-container debootstrap socat zstd openssh-client iproute2 libpq-dev gcc \
+	nginx-light python3-venv
 
 .PHONY: test deps demo clean-cache
 

@@ -59,16 +59,15 @@ LOCAL_DATABASE_HOST: Final = "127.0.0.1"
 # A Synapse max_upload_size that nginx's client_max_body_size also reads the same.
 NGINX_SIZE_RE: Final = re.compile(r"^[0-9]+[kKmMgG]?$")
 
-# Same name here, and the Python type a literal value must have.
+# Same name here, and the Python type a literal value must have (matrix_domain, the workers'
+# switch, preset, counts and list and the database keys have their own rules below).
 DIRECT: Final[Mapping[str, type | tuple[type, ...]]] = {
-    "matrix_domain": str,
     "matrix_synapse_report_stats": bool,
     "matrix_synapse_enable_registration": bool,
     "matrix_synapse_trusted_key_servers": list,
     "matrix_synapse_metrics_enabled": bool,
     "matrix_synapse_metrics_port": int,
     "matrix_synapse_replication_http_port": int,
-    "matrix_synapse_workers_enabled": bool,
     "matrix_synapse_database_port": int,
     "matrix_synapse_database_user": str,
     "matrix_synapse_database_cp_min": int,
@@ -287,6 +286,7 @@ class ImportResult:
         for c in self.settings.values():
             if c.secret:
                 found.extend(_strings(c.value))
+        # Short strings (a flag, "M") are words of the messages too, not secrets worth masking.
         return [s for s in found if len(s) >= 4]
 
 
@@ -314,7 +314,7 @@ def load_vars(text: str, source: str) -> dict[str, Any]:
         # problem and position only: the snippet PyYAML adds may hold a secret.
         where = (
             f" at line {e.problem_mark.line + 1}, column {e.problem_mark.column + 1}"
-            if (e.problem_mark)
+            if e.problem_mark
             else ""
         )
         raise ImportFailed(f"{source}: not valid YAML: {e.problem or e.context}{where}") from None
@@ -393,9 +393,9 @@ class _Importer:
         if self.has("matrix_domain"):
             self.literal_direct("matrix_domain", str)
         domain = self.result.settings.get("matrix_domain")
-        if "matrix_domain" not in self.vars:
+        if domain is None:
             self.result.notes.append(
-                "matrix_domain is not in the input: set it (the part after ':' in user IDs)"
+                "set matrix_domain (the part after ':' in user IDs): the input has no literal one"
             )
         if self.has("matrix_synapse_log_level"):
             ok, level = self.literal("matrix_synapse_log_level", str)
@@ -591,7 +591,12 @@ class _Importer:
                     "MDAD runs its own PostgreSQL on this machine (postgres_enabled defaults to "
                     "true): this deploy installs it on the host, then restore your database dump"
                     if install
-                    else ""
+                    else (
+                        "MDAD's own PostgreSQL, but the input holds no literal password for it "
+                        "(see To do)"
+                        if managed and not host_given
+                        else ""
+                    )
                 ),
             )
         for key in POSTGRES_PASSWORD_KEYS:
@@ -678,7 +683,7 @@ class _Importer:
                     if "{{" in raw or "{%" in raw:
                         why += " (it holds Jinja, which only Ansible can evaluate)"
                     mark = getattr(e, "problem_mark", None)
-                    where = f" at line {mark.line + 1}" if mark else ""
+                    where = f" (line {mark.line + 1} of its text)" if mark else ""
                     self.leave(key, f"{why}{where}", raw, shown=_show_yaml_text(raw))
                     continue
             else:
@@ -983,8 +988,6 @@ def check(result: ImportResult) -> list[str]:
     """
     data = load_defaults()
     data.update(result.values())
-    if data.get("matrix_domain") is None:
-        return []  # the operator must set it; noted in the output
     try:
         build_plan(parse_settings(data), "imported")
     except SettingsError as e:

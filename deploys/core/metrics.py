@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from deploys.core.processes import Process, connect_address
+from deploys.core.processes import Listener, Process, connect_address
 
 MAIN_JOB: Final = "synapse"
 METRICS_PATH: Final = "/_synapse/metrics"  # what Synapse's metrics listener serves (any path)
@@ -53,12 +53,18 @@ def job(process: Process) -> str:
     return process.worker_type.mdad_type
 
 
-def scrape_targets(processes: Iterable[Process], instance: str) -> tuple[Target, ...]:
+def scrape_targets(
+    processes: Iterable[Process],
+    instance: str,
+    reach: Callable[[Process, Listener], str] | None = None,
+) -> tuple[Target, ...]:
     """One target per process that has a metrics listener, in the order given.
 
     Args:
         processes: every process of the homeserver (``WorkerPlan.processes``), main first.
         instance: the ``instance`` label of every target: the homeserver's name.
+        reach: the address Prometheus connects to a metrics listener at; by default one the
+            listener binds, for a Prometheus on the same machine (``0.0.0.0`` -> 127.0.0.1).
 
     Returns:
         The targets; ``index`` counts within each job in the order given.
@@ -72,7 +78,7 @@ def scrape_targets(processes: Iterable[Process], instance: str) -> tuple[Target,
         name = job(process)
         index = counts[name]
         counts[name] += 1
-        host = connect_address(listener.bind_addresses)
+        host = reach(process, listener) if reach else connect_address(listener.bind_addresses)
         if ":" in host:
             host = f"[{host}]"
         targets.append(

@@ -1,7 +1,11 @@
 """Benchmark: our deploy against one pyinfra operation per file, at 24 ms RTT, on real test hosts.
 
-    make bench                               # full run: >= 3 runs per cell, prints one table
+    make bench                               # full run: >= 3 runs per cell, prints two tables
     python -m tests.bench.run --quick        # smoke run: 1 run per cell, 13 and 130 workers
+    python -m tests.bench.run --restarts-only --quick   # only the restart rows, 1 run each
+
+The second table (tests/bench/restarts.py) is a full restart under client load, rolling vs
+all-at-once; what follows describes the first.
 
 Every host is a fresh systemd-nspawn Debian guest (tests/support/testhost.py) with nginx and
 Redis, running the stand-in for Synapse (tests/support/standin_synapse.py: it reads its configs,
@@ -52,6 +56,7 @@ from typing import Any
 
 from deploys.core.settings import REPO_ROOT
 from tests.bench.latency_proxy import LatencyProxy
+from tests.bench.restarts import restart_table
 from tests.support.deploying import counted_pyinfra, install_standin, write_inventory
 from tests.support.testhost import TestHost, ensure_base_tree, missing_prerequisites
 
@@ -100,10 +105,13 @@ def workers_data(workers: int) -> dict[str, Any]:
 class BenchHost:
     """A fresh test host behind its own latency proxy, ready for a deploy."""
 
-    def __init__(self, delay: float) -> None:
-        self.host = TestHost.start(f"bench{os.getpid()}-{next(_names)}")
+    def __init__(self, delay: float, tree: Path | None = None) -> None:
+        """A host running the stand-in, or, from ``tree``, whatever that tree installed (the
+        real Synapse: tests/support/synapse_tree.py)."""
+        self.host = TestHost.start(f"bench{os.getpid()}-{next(_names)}", tree=tree)
         try:
-            install_standin(self.host)
+            if tree is None:
+                install_standin(self.host)
             self.host.ssh(
                 "cat > /usr/local/sbin/systemctl && chmod 755 /usr/local/sbin/systemctl",
                 input=SYSTEMCTL_SHIM,
@@ -440,6 +448,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rtt-ms", type=float, default=24.0, help="added round-trip time")
     parser.add_argument("--no-baseline", action="store_true", help="skip the per-file baseline")
     parser.add_argument("--output", type=Path, help="also write the table and machine line here")
+    parser.add_argument(
+        "--restarts-only",
+        action="store_true",
+        help="only the restart rows: rolling vs all-at-once under client load (stand-in and real "
+        "Synapse; tests/bench/restarts.py)",
+    )
+    parser.add_argument("--no-restarts", action="store_true", help="skip the restart rows")
     args = parser.parse_args(argv)
     if problems := missing_prerequisites():
         parser.error("; ".join(problems))
@@ -456,7 +471,12 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info(plan.rtt_ms, plan.runs)
     print(info, file=sys.stderr, flush=True)
     started = time.monotonic()
-    table = run_benchmark(plan)
+    tables = []
+    if not args.restarts_only:
+        tables.append(run_benchmark(plan))
+    if not args.no_restarts:
+        tables.append(restart_table(plan.runs, plan.rtt_ms / 2000))
+    table = "\n\n".join(tables)
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     report = (
         f"{info}\n\n{table}\n\nBenchmark took {(time.monotonic() - started) / 60:.0f} min; "

@@ -5,6 +5,10 @@ Synapse exposes no metric that names its worker, so "the right process" is check
 PID listening on the target's port (``ss -ltnp``) is the MainPID of the unit the ``worker`` label
 names, and the metrics body's ``process_start_time_seconds`` is that PID's start time
 (``/proc/PID/stat``), so the body was produced by that process.
+
+A real Prometheus (Debian's package, in a tree derived from the Synapse one) then reads the file
+through the README's scrape config: every target is up, with the file's labels in place of the
+job name and the address.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,7 @@ from tests.support.deploying import assert_no_changes, main_pids, pyinfra, write
 from tests.support.settings_data import make_data
 from tests.support.synapse_tree import E2E_SETTINGS, ensure_synapse_tree
 from tests.support.testhost import TestHost
+from tests.support.testhost_trees import ensure_derived_tree
 
 pytestmark = pytest.mark.integration
 
@@ -116,6 +122,30 @@ def synapse_tree() -> Path:
     return ensure_synapse_tree()
 
 
+@pytest.fixture(scope="module")
+def prometheus_tree(synapse_tree: Path) -> Path:
+    """The Synapse tree plus Debian's prometheus, not started at boot (the test starts it)."""
+    commands = [
+        "export DEBIAN_FRONTEND=noninteractive",
+        "apt-get update -q",
+        "apt-get install -y -q --no-install-recommends prometheus",
+        "systemctl disable prometheus",
+    ]
+    return ensure_derived_tree("synapse-prometheus", commands, version="1", base=synapse_tree)
+
+
+# The README's scrape config (section "Metrics"), with a short interval for the test.
+PROMETHEUS_YML = f"""
+global:
+  scrape_interval: 2s
+scrape_configs:
+  - job_name: synapse
+    metrics_path: /_synapse/metrics
+    file_sd_configs:
+      - files: [{FILE_SD}]
+"""
+
+
 def test_every_file_sd_target_is_its_process_metrics(
     tmp_path: Path, testhost_factory: Any, synapse_tree: Path
 ) -> None:
@@ -157,3 +187,51 @@ def test_every_file_sd_target_is_its_process_metrics(
     assert "generic-1" not in labels
     assert 25001 not in listening_pids(host)
     assert_no_changes(pyinfra(tmp_path, inventory), host.name, commands=None)
+
+
+def prometheus_api(host: TestHost, path: str) -> Any:
+    out = host.ssh(f"curl -sf {shlex.quote('http://127.0.0.1:9090/api/v1/' + path)}").stdout
+    answer = json.loads(out)
+    assert answer["status"] == "success", answer
+    return answer["data"]
+
+
+def test_prometheus_scrapes_every_target_with_the_files_labels(
+    tmp_path: Path, testhost_factory: Any, prometheus_tree: Path
+) -> None:
+    (host,) = testhost_factory(1, tree=prometheus_tree)
+    inventory = write_inventory(tmp_path / "inventory.py", [(host, SETTINGS)], standin=False)
+    run = pyinfra(tmp_path, inventory, "-y", timeout=900)
+    assert run.returncode == 0, run.output[-6000:]
+    groups = json.loads(host.ssh(f"cat {FILE_SD}").stdout)
+    host.ssh(f"cat > /etc/prometheus/test.yml <<'EOF'\n{PROMETHEUS_YML}EOF")
+    host.ssh("install -d -o prometheus -g prometheus /var/lib/prometheus/test")
+    host.ssh(
+        "systemd-run --unit=test-prometheus --uid=prometheus /usr/bin/prometheus "
+        "--config.file=/etc/prometheus/test.yml --storage.tsdb.path=/var/lib/prometheus/test "
+        "--web.listen-address=127.0.0.1:9090"
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            active = prometheus_api(host, "targets?state=active")["activeTargets"]
+        except Exception:  # not listening yet
+            active = []
+        if len(active) == len(groups) and all(t["health"] == "up" for t in active):
+            break
+        failed = host.ssh("systemctl is-failed -q test-prometheus", check=False).returncode == 0
+        if failed or time.monotonic() > deadline:
+            journal = host.ssh("journalctl -u test-prometheus --no-pager -n 40", check=False)
+            pytest.fail(f"Prometheus targets not all up: {active}\n{journal.stdout}")
+        time.sleep(1)
+    scraped = {t["labels"]["worker"]: t for t in active}
+    for group in groups:
+        target = scraped[group["labels"]["worker"]]
+        assert target["scrapeUrl"] == f"http://{group['targets'][0]}/_synapse/metrics"
+        # The file's job and instance replace the job name and the address.
+        assert target["labels"] == group["labels"], (target["labels"], group["labels"])
+    series = prometheus_api(host, "query?query=synapse_build_info")["result"]
+    assert sorted((r["metric"]["job"], r["metric"]["index"]) for r in series) == sorted(
+        (g["labels"]["job"], g["labels"]["index"]) for g in groups
+    )
+    assert {r["metric"]["instance"] for r in series} == {"example.org"}

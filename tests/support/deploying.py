@@ -46,8 +46,11 @@ def install_standin(host: TestHost, user: str = "root") -> None:
         user=user,
         input=STANDIN.read_text(),
     )
+    # A real venv's bin/python is a symlink to the system python3: replace the link, never
+    # write through it.
     host.ssh(
-        f"{sudo}tee {VENV}/bin/python >/dev/null && {sudo}chmod 755 {VENV}/bin/python",
+        f"{sudo}rm -f {VENV}/bin/python && {sudo}tee {VENV}/bin/python >/dev/null && "
+        f"{sudo}chmod 755 {VENV}/bin/python",
         user=user,
         input=STANDIN_LAUNCHER,
     )

@@ -7,9 +7,14 @@ boot starts pristine, any number of hosts can share one tree, and each host has 
 reached through a socat bridge on a free ``127.0.0.1`` port. Root logs in with the tree's key, and
 so does ``deploy``, which has passwordless sudo (for pyinfra ``_sudo`` deploys).
 
-The harness is four modules: this one (``TestHost``: boot, ssh, stop, reap; the CLI),
+Hosts that must talk to each other join a private bridge instead (opt-in, ``network=``): each
+gets an address on ``10.213.N.0/24`` and resolves the others by name, with no route off the
+bridge (``testhost_net.py``; fixture ``bridged_testhosts``).
+
+The harness is these modules: this one (``TestHost``: boot, ssh, stop, reap; the CLI),
 ``testhost_trees.py`` (the cached trees and their recipes), ``testhost_cgroups.py`` (cgroups,
-processes, ports, prerequisites) and ``testhost_env.py`` (directories, errors, the Debian mirror).
+processes, ports, prerequisites), ``testhost_env.py`` (directories, errors, the Debian mirror),
+``testhost_net.py`` (bridge networks) and ``testhost_dns.py`` (their name server).
 
 Usage::
 
@@ -25,16 +30,21 @@ Usage::
     host = TestHost.start("web2", tree=tree)      # base + your setup commands, cached
     host.stop()
 
+    with BridgeNetwork.create() as net:           # bridge, removed with its last host
+        a = TestHost.start("a", network=net, aliases=["hs-a.test"])
+        b = TestHost.start("b", network=net)      # b reaches a as hs-a.test or a.address
+
 In pytest, use the fixtures in ``tests/support/fixtures.py`` (``base_tree``, ``testhost``,
-``testhost_factory``). From a shell (as root, in the repository root)::
+``testhost_factory``, ``bridged_testhosts``). From a shell (as root, in the repository root)::
 
     python -m tests.support.testhost build        # build (or reuse) the cached base tree
     python -m tests.support.testhost boot NAME    # boot, print JSON, run until SIGINT/SIGTERM
-    python -m tests.support.testhost cleanup      # stop hosts left by killed processes
+    python -m tests.support.testhost cleanup      # stop hosts (and bridges) of killed processes
 
 Needs root, the cgroup mounts under /sys/fs/cgroup (hybrid v1+v2 as on the development VMs;
 pure v2 is untested), the Debian packages ``systemd-container debootstrap socat openssh-client
-util-linux``, and, only to build trees, the Debian mirror named in /etc/apt/sources.list.d/.
+util-linux`` (and ``iproute2`` for bridge networks), and, only to build trees, the Debian mirror
+named in /etc/apt/sources.list.d/.
 
 Host names must be unique among running hosts (``[a-z0-9-]``, at most 63 characters): they name
 the guest's hostname, its cgroups (``/sys/fs/cgroup/*/testhost/NAME``) and its run directory.
@@ -72,6 +82,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +110,7 @@ from tests.support.testhost_env import (
     cache_dir,
     run_root,
 )
+from tests.support.testhost_net import BridgeNetwork, reap_stale_networks
 from tests.support.testhost_trees import ensure_base_tree, ensure_derived_tree, key_for_tree
 
 log = logging.getLogger(__name__)
@@ -106,6 +118,7 @@ log = logging.getLogger(__name__)
 
 # What the harness offers (the fixtures and tests import these from here).
 __all__ = [
+    "BridgeNetwork",
     "SSHCommandError",
     "TestHost",
     "TestHostError",
@@ -128,11 +141,20 @@ class TestHost:
 
     __test__ = False  # not a pytest test class despite the name
 
-    def __init__(self, name: str, tree: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        tree: Path,
+        network: BridgeNetwork | None = None,
+        aliases: Sequence[str] = (),
+    ) -> None:
         if not _NAME_RE.match(name):
             raise ValueError(f"invalid host name {name!r}: use [a-z0-9-], at most 63 characters")
         self.name = name
         self.tree = tree
+        self.network = network
+        self.aliases = tuple(aliases)
+        self.address: str | None = None  # on `network`; None for a host with only its own lo
         self.key_path = key_for_tree(tree)
         self.run_dir = run_root() / name
         self.port = 0
@@ -145,9 +167,20 @@ class TestHost:
     # ----- public API
 
     @classmethod
-    def start(cls, name: str, tree: Path | None = None, timeout: float = BOOT_TIMEOUT) -> TestHost:
-        """Boot a fresh host from `tree` (default: the base tree) and wait until it is running."""
-        host = cls(name, tree or ensure_base_tree())
+    def start(
+        cls,
+        name: str,
+        tree: Path | None = None,
+        timeout: float = BOOT_TIMEOUT,
+        network: BridgeNetwork | None = None,
+        aliases: Sequence[str] = (),
+    ) -> TestHost:
+        """Boot a fresh host from `tree` (default: the base tree) and wait until it is running.
+
+        With `network`, the host also joins that private bridge (see testhost_net.py): it gets
+        `address` there, and every host of the network resolves its `name` and `aliases`.
+        """
+        host = cls(name, tree or ensure_base_tree(), network, aliases)
         if not host.key_path.is_file():
             raise TestHostError(f"no ssh key {host.key_path} next to tree {host.tree}")
         try:
@@ -248,6 +281,8 @@ class TestHost:
             self._claimed = False
         finally:
             _LIVE.discard(self)
+            if self.network is not None:  # the last host to leave removes the bridge
+                self.network.detach(self.name)
 
     def __enter__(self) -> TestHost:
         return self
@@ -265,6 +300,8 @@ class TestHost:
         _LIVE.add(self)
         self._launch_nspawn()
         self.guest_pid = self._wait_for_guest_init(deadline)
+        if self.network is not None:
+            self.address = self.network.attach(self.name, self.guest_pid, self.aliases, deadline)
         self._start_bridge()
         self._write_run_files()
         self._wait_for_ssh(deadline)
@@ -292,7 +329,7 @@ class TestHost:
             "--keep-unit",
             "--volatile=overlay",
             "--console=read-only",
-            "--private-network",
+            *(self.network.nspawn_options() if self.network else ["--private-network"]),
             "--link-journal=no",
             # Each guest is its own machine: the deploy refuses two inventory hosts on one
             # machine-id (the tree's own id would make every guest look like the same machine).
@@ -381,6 +418,8 @@ class TestHost:
             "guest_pid": self.guest_pid,
             "bridge_pid": self.bridge_pid,
             "port": self.port,
+            "network": self.network.bridge if self.network else None,
+            "address": self.address,
         }
         (self.run_dir / "state.json").write_text(json.dumps(state))
 
@@ -507,7 +546,8 @@ def reap_stale() -> list[str]:
     """Stop hosts whose owning process died without cleaning up (e.g. SIGKILLed pytest).
 
     Only PIDs recorded in the host's state.json are signalled, and only while they are still in
-    that host's cgroup. Returns the names of the hosts cleaned up.
+    that host's cgroup. Bridge networks of dead owners go too (after their hosts), see
+    `reap_stale_networks`. Returns the names of the hosts cleaned up.
     """
     reaped = []
     for state in _states():
@@ -515,6 +555,8 @@ def reap_stale() -> list[str]:
             _reap(state)
             shutil.rmtree(run_root() / state["name"], ignore_errors=True)
             reaped.append(state["name"])
+    if networks := reap_stale_networks():
+        log.info("removed stale test-host networks: %s", ", ".join(networks))
     return reaped
 
 

@@ -463,3 +463,36 @@ def test_a_renamed_or_unknown_preset_is_left_with_the_allowed_names() -> None:
     assert "one-of-each" in left.reason
     assert "matrix_synapse_workers_preset" not in result.settings
     assert render_group_data(result, "v").count("matrix_synapse_workers_preset") == 1
+
+
+EDGES = """\
+matrix_domain: "{{ lookup('env', 'DOMAIN') }}"
+matrix_synapse_workers_enabled: "{{ true }}"
+matrix_synapse_workers_generic_workers_count: 3
+matrix_synapse_configuration_extension_yaml: |
+  foo: {{ bar }}
+  smtp_pass: Oa6ooghe
+matrix_synapse_database_host: matrix-postgres
+postgres_enabled: true
+released: 2024-01-01
+"""
+
+
+def test_values_it_cannot_read_are_listed_and_a_missing_domain_is_refused(tmp_path: Path) -> None:
+    carried, left = accounted(EDGES)
+    assert carried | left == set(load_vars(EDGES, "v"))
+    source = tmp_path / "vars.yml"
+    source.write_text(EDGES)
+    result = cli(str(source))
+    assert result.returncode == 1
+    out = flat(result.stdout)
+    assert "- matrix_domain = \"{{ lookup('env', 'DOMAIN') }}\" a Jinja template" in out
+    assert "depends on matrix_synapse_workers_enabled, which is not carried over" in out
+    # Unquoted Jinja breaks the YAML text; the text holds a credential, so it is not shown.
+    assert "- matrix_synapse_configuration_extension_yaml = <hidden> its YAML does not parse" in out
+    assert "Oa6ooghe" not in result.stdout + result.stderr
+    assert "MDAD's own PostgreSQL container" in out
+    assert "- released = datetime.date(2024, 1, 1) not a Synapse setting" in out
+    assert "set matrix_domain" in result.stderr
+    assert "matrix_domain = None: allowed: the homeserver name" in result.stderr
+    compile(result.stdout, "synapse.py", "exec")

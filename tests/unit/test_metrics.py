@@ -238,3 +238,16 @@ def test_targets_skip_processes_without_a_metrics_listener() -> None:
     _, plan, _ = rendered(**WORKERS, matrix_synapse_metrics_enabled=False)
     assert scrape_targets(plan.processes, "example.org") == ()
     assert file_sd_json(()) == "[]\n"
+
+
+def test_reach_names_the_address_prometheus_connects_to() -> None:
+    _, plan, _ = rendered(**WORKERS, matrix_synapse_workers_generic_workers_count=2)
+    addresses = {"main": "10.0.0.1", "generic-1": "fd00::2"}
+    targets = scrape_targets(
+        plan.processes, "example.org", lambda p, listener: addresses.get(p.name, "10.0.0.9")
+    )
+    by_name = {t.labels["worker"]: t for t in targets}
+    assert by_name["main"].address == "10.0.0.1:9100"
+    assert by_name["generic-1"].address == "[fd00::2]:25001"
+    assert by_name["generic-1"].url == "http://[fd00::2]:25001/_synapse/metrics"
+    assert by_name["generic-0"].address == "10.0.0.9:25000"
