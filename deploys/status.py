@@ -13,6 +13,7 @@ environment variable ``SYNAPSE_STATUS_JSON=DIR`` each host's report is also writ
 
 import json
 import os
+import sys
 
 import click
 from pyinfra import host
@@ -27,8 +28,9 @@ _, plan = settings_and_plan()
 health = health_urls(plan)
 reading = host.get_fact(SynapseStatus, health=health)
 status = host_status(host.name, [p.unit for p in plan.processes], health, reading)
-# The report is the output: on standard output, apart from pyinfra's progress on standard error.
-click.echo("\n".join(status_lines(status)) + "\n")
+# The report is the output: on standard output, apart from pyinfra's progress on standard error;
+# with pyinfra's --json, standard output is pyinfra's JSON, and the tables go to standard error.
+click.echo("\n".join(status_lines(status)) + "\n", err="--json" in sys.argv)
 if directory := os.environ.get("SYNAPSE_STATUS_JSON"):
     with open(os.path.join(directory, f"{host.name}.json"), "w") as out:
         json.dump(status.as_dict(), out, indent=1)

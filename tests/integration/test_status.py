@@ -6,14 +6,17 @@ nothing on the host changed."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from deploys.core.settings import REPO_ROOT
 from tests.support.deploying import (
     Run,
     apply_commands,
+    counted_pyinfra,
     front_workers,
     host_snapshot,
     install_standin,
@@ -183,4 +186,17 @@ def test_a_non_root_user_with_sudo_sees_every_process_and_port(
     assert len(rows) == 4 and all(row["ready"] and row["pid"] for row in rows), rows
     for i, row in enumerate(rows[1:]):
         assert f"127.0.0.1:{15000 + i}" in row["listening"], row
+    # With pyinfra's --json, standard output stays pyinfra's JSON; the tables go to stderr.
+    as_json = subprocess.run(
+        counted_pyinfra(
+            tmp_path / "json-counts.json", inventory, "deploys/status.py", "-y", "--json"
+        ),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert as_json.returncode == 0, as_json.stderr[-3000:]
+    assert json.loads(as_json.stdout)["results"]["operations"] == []
+    assert f"{testhost.name}: 4 planned, 4 active, 4 ready, 0 unplanned" in as_json.stderr
     assert host_state(testhost) == before
