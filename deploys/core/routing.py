@@ -105,10 +105,11 @@ MAIN_FALLBACK: Final[Mapping[Routing, bool]] = MappingProxyType(
 # nginx allows ``backup`` servers only with round robin and ``least_conn``.
 BACKUP_BALANCES: Final = (None, LEAST_CONN)
 
-# One failure (a refused connection, a reset, a timeout) takes a server out for this long; then
-# one request tries it again (and moves on if it fails), so a restarted worker is back within it.
+# One failure (a refused connection, a reset, a timeout) takes a server out for this long (nginx
+# counts whole seconds: 1 to 2 s); then one request tries it again and moves on if it fails, so
+# a restarted worker is back that soon. A drain's reload clears these marks at once.
 MAX_FAILS: Final = 1
-FAIL_TIMEOUT_SECONDS: Final = 2
+FAIL_TIMEOUT_SECONDS: Final = 1
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Drain processes out of nginx before they stop, and put them back after. Standard library only.
 
 nginx's routing file (``deploys/core/routing.py`` renders it) names each upstream server's
-process in a trailing comment: ``server 127.0.0.1:15001 max_fails=1 fail_timeout=2s;  # generic-1``.
+process in a trailing comment: ``server 127.0.0.1:15001 max_fails=1 fail_timeout=1s;  # generic-1``.
 ``drain(spec, processes)`` rewrites the live file with those servers marked ``down`` (main's
 ``backup`` lines too when ``main`` is among them), checks it (``nginx -t``), reloads nginx and
 waits until the reload took (new nginx worker processes), then until no connection to a drained

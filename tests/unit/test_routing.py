@@ -578,7 +578,7 @@ def test_every_server_line_fails_fast_and_names_its_process() -> None:
     assert len(lines) == sum(len(u.servers) for u in routes.upstreams)
     for line in lines:
         assert re.fullmatch(
-            r"server \S+ max_fails=1 fail_timeout=2s( backup)?;  # [a-z0-9-]+", line
+            r"server \S+ max_fails=1 fail_timeout=1s( backup)?;  # [a-z0-9-]+", line
         ), line
     assert sum(line.endswith("# main") for line in lines) == 1 + sum(
         u.fallback for u in routes.upstreams
