@@ -15,10 +15,12 @@ import yaml
 from deploys.core.settings import REPO_ROOT
 from tests.support.testhost import TestHost
 
+FILE_SD = "/etc/prometheus/file_sd/synapse.json"  # matrix_synapse_metrics_file_sd_path's default
 # tests/verify checks that need Synapse (or the stand-in) running, by test function.
 LIVE_CHECKS = (
     "test_listener_is_listening",
     "test_health_answers_ok",
+    "test_metrics_target_answers",
     "test_every_process_is_subscribed_to_redis",
     "test_nginx_config_is_valid_and_routes",
 )
@@ -27,18 +29,22 @@ LIVE_CHECKS = (
 def live_check_counts(host: TestHost) -> Counter[str]:
     """How many of each live check the deployed host needs, read from its Synapse config files
     (not from the plan tests/verify derives its checks from): one per listener, one /health per
-    process with an HTTP listener, one Redis and one nginx check."""
+    process with an HTTP listener, one scrape per metrics listener when the Prometheus file
+    (default path) is there, one Redis and one nginx check."""
     out = host.ssh(
         "cd /etc/matrix-synapse && for f in homeserver.yaml workers/*.yaml; do "
         "echo '--- '$f; cat $f; done"
     ).stdout
-    counts: Counter[str] = Counter()
+    file_sd = host.ssh(f"test -f {FILE_SD}", check=False).returncode == 0
+    counts: Counter[str] = Counter({"test_metrics_target_answers": 0})
     for chunk in out.split("--- ")[1:]:
         config = yaml.safe_load(chunk.split("\n", 1)[1])
         listeners = config.get("listeners") or config.get("worker_listeners") or []
         counts["test_listener_is_listening"] += sum(len(x["bind_addresses"]) > 0 for x in listeners)
         if any(x["type"] == "http" for x in listeners):
             counts["test_health_answers_ok"] += 1
+        if file_sd:
+            counts["test_metrics_target_answers"] += sum(x["type"] == "metrics" for x in listeners)
     counts["test_every_process_is_subscribed_to_redis"] = 1
     counts["test_nginx_config_is_valid_and_routes"] = 1
     return counts

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from deploys.core.metrics import scrape_targets
 from deploys.core.plan import WorkerPlan, build_plan
 from deploys.core.render import DesiredState, desired_state, health_urls, paths_for
 from deploys.core.settings import REPO_ROOT, Settings, parse_settings
@@ -86,6 +87,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "health_url" in metafunc.fixturenames:
         urls = health_urls(want.plan)  # on an address each listener binds, as readiness probes
         metafunc.parametrize("health_url", list(urls.values()), ids=list(urls))
+    if "metrics_target" in metafunc.fixturenames:
+        metrics = want.settings.metrics_enabled and want.settings.metrics.file_sd_path
+        targets = scrape_targets(want.plan.processes, want.settings.domain) if metrics else ()
+        metafunc.parametrize("metrics_target", targets, ids=[t.labels["worker"] for t in targets])
     if "secret_path" in metafunc.fixturenames:
         secrets = list(paths_for(want.settings).secrets.values())
         metafunc.parametrize("secret_path", secrets)

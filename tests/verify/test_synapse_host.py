@@ -72,6 +72,14 @@ def test_health_answers_ok(host, health_url: str) -> None:
 
 
 @pytest.mark.live_synapse
+def test_metrics_target_answers(host, metrics_target) -> None:
+    """Every target of the Prometheus file_sd file (its content: test_file_is_as_planned)."""
+    status, body = http_get(host, metrics_target.url)
+    assert status == 200
+    assert any(line.startswith("synapse_") for line in body.splitlines())
+
+
+@pytest.mark.live_synapse
 def test_every_process_is_subscribed_to_redis(host, want: Expected) -> None:
     redis = want.settings.redis
     target = f"-s {redis.path}" if redis.path else f"-h {redis.host} -p {redis.port}"
