@@ -30,6 +30,7 @@ from tests.support.settings_data import make_data
 from tests.support.synapse_tree import E2E_SETTINGS, ensure_synapse_tree
 from tests.support.testhost import TestHost
 from tests.support.testhost_trees import ensure_derived_tree
+from tests.support.verifying import assert_verify_passes_with_live_checks
 
 pytestmark = pytest.mark.integration
 
@@ -166,6 +167,7 @@ def test_every_file_sd_target_is_its_process_metrics(
         "media-repository-0": ("media_repository", "0"),
     }
     assert {x["instance"] for x in labels.values()} == {"example.org"}
+    assert_verify_passes_with_live_checks(host, inventory)  # its scrape of every target too
     assert_no_changes(pyinfra(tmp_path, inventory), host.name, commands=None)
 
     # A worker added: the same run lists it, and its target answers; nothing else restarts.
