@@ -3,6 +3,8 @@
     make bench                               # full run: >= 3 runs per cell, prints two tables
     python -m tests.bench.run --quick        # smoke run: 1 run per cell, 13 and 130 workers
     python -m tests.bench.run --restarts-only --quick   # only the restart rows, 1 run each
+    python -m tests.bench.run --cluster-plan-only   # pure controller row: 100 machines x 100
+                                                    # workers planned and rendered (cluster_plan.py)
 
 The second table (tests/bench/restarts.py) is a full restart under client load, rolling vs
 all-at-once; what follows describes the first.
@@ -55,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from deploys.core.settings import REPO_ROOT
+from tests.bench.cluster_plan import cluster_rows
 from tests.bench.latency_proxy import LatencyProxy
 from tests.bench.restarts import restart_table
 from tests.support.deploying import counted_pyinfra, install_standin, write_inventory
@@ -455,7 +458,16 @@ def main(argv: list[str] | None = None) -> int:
         "Synapse; tests/bench/restarts.py)",
     )
     parser.add_argument("--no-restarts", action="store_true", help="skip the restart rows")
+    parser.add_argument(
+        "--cluster-plan-only",
+        action="store_true",
+        help="only the pure controller row: one cluster of 100 machines x 100 workers planned "
+        "and rendered, time and memory (tests/bench/cluster_plan.py; no test hosts)",
+    )
     args = parser.parse_args(argv)
+    if args.cluster_plan_only:
+        print(cluster_rows(1 if args.quick else args.runs))
+        return 0
     if problems := missing_prerequisites():
         parser.error("; ".join(problems))
     ensure_base_tree()
