@@ -10,8 +10,10 @@ inventory and the function reads nothing else:
 - each machine's workers, planned by its own worker keys with the one-machine planner
   (``deploys.core.plan.plan_machine``). Names from counts are numbered across the cluster in
   machine order (main's ``generic-0`` .. ``generic-9``, then the next machine's ``generic-10``
-  ..), so they are unique and a worker moved by changing two hosts' counts keeps its name; a
-  hand-written list names its own;
+  ..), so they are unique; a hand-written list names its own. A count change renumbers the
+  count-based workers of the machines after it: moving workers between neighbouring machines
+  (one count down, the next one up) moves exactly those workers, by name, and every other
+  worker keeps its name and port (ports are ``start + number % 1000``);
 - one shared worker config (``instance_map``, ``stream_writers``, federation senders, pushers,
   ``run_background_tasks_on``, ...) from every machine's workers
   (``deploys.core.plan.shared_config``), each listener reached at its machine's private address;
@@ -36,16 +38,23 @@ Not yet wired (the next step; the apply, host and nginx layers are being rewritt
   ``{h.name: h.data.dict() for h in pyinfra.context.inventory}`` (every host, also those a
   ``--limit`` leaves out, so the plan does not change with the limit), calls
   ``plan_inventory(data, host.name)`` once per homeserver and caches it for the run (pyinfra loads
-  the deploy once per host in one process), and renders ``view(host.name)``.
+  the deploy once per host in one process: uncached, 100 hosts would each plan all 100), and
+  renders ``view(host.name)``. A bad setting on any host of the cluster stops every host of it.
 - *Apply*: a host writes only its view's files; on a workers host ``view.main`` runs elsewhere,
   so render leaves out the main unit and its drop-ins, and the Redis readiness count is the
-  cluster's processes (``len(plan.combined.processes)``). A retired host's manifest is empty, so
-  the existing cleanup stops and removes every unit and file of ours. Main applies first and is
-  ready before the workers hosts apply in parallel.
+  cluster's processes (``len(plan.combined.processes)``). On a workers host, Redis and
+  PostgreSQL left at loopback mean the main host's: render points them at
+  ``private_addresses[main_host]``. A retired host's manifest is empty, so the existing cleanup
+  stops and removes every unit and file of ours. Main applies first and is ready before the
+  workers hosts apply in parallel; a worker that moves (its name on another machine now) is
+  stopped by its old machine's apply before the new machine's starts it, so two processes of
+  one name never run at once.
 - *nginx and metrics*: the main host renders nginx's routes and the ``file_sd`` targets from
-  ``plan.combined`` (every machine's workers, upstreams at each worker's private address;
-  metrics listeners keep their own bind addresses, so Prometheus must reach those).
-  PostgreSQL's ``max_connections`` is sized from ``plan.combined.database_connections``.
+  ``plan.combined`` (every machine's workers; upstreams at each worker's private address, which
+  its HTTP listener binds). Metrics listeners keep their own bind addresses (loopback by
+  default): ``scrape_targets(..., reach=...)`` may list them at the private address only where
+  ``matrix_synapse_metrics_bind_addresses`` binds it. PostgreSQL's ``max_connections`` is sized
+  from ``plan.combined.database_connections``.
 - *Replication secret*: with more than one machine, ``worker_replication_secret`` is generated
   once on the main host, read there by the main host's fact, and shipped in each workers host's
   archive as a 0600 secret file (never printed), or taken from a secret the operator provides;
