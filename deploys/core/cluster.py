@@ -13,7 +13,8 @@ inventory and the function reads nothing else:
   ..), so they are unique; a hand-written list names its own. A count change renumbers the
   count-based workers of the machines after it: moving workers between neighbouring machines
   (one count down, the next one up) moves exactly those workers, by name, and every other
-  worker keeps its name and port (ports are ``start + number % 1000``);
+  worker keeps its name and port (ports are ``start + number % 1000``). Stream writers share one
+  numbering over every stream, as on one machine, so moving one renumbers the writers after it;
 - one shared worker config (``instance_map``, ``stream_writers``, federation senders, pushers,
   ``run_background_tasks_on``, ...) from every machine's workers
   (``deploys.core.plan.shared_config``), each listener reached at its machine's private address;

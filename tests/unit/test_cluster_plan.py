@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings as hyp_settings, strategies as st
 
 from deploys.core.cluster import ClusterPlan, clusters, plan_cluster, plan_inventory
 from deploys.core.plan import MAIN, build_plan
@@ -16,6 +17,7 @@ from deploys.core.render import desired_state, paths_for
 from deploys.core.settings import Settings, SettingsError, parse_settings
 from deploys.core.worker_types import PRESETS
 from tests.support.settings_data import make_data
+from tests.unit.test_plan_properties import valid_data
 
 WORKERS_ON = {"matrix_synapse_workers_enabled": True}
 # A workers host that adds nothing unless told: the preset would repeat main's single duties.
@@ -598,3 +600,90 @@ def test_clusters_group_hosts_by_homeserver_in_inventory_order() -> None:
         "x.org": ("a", "c"),
         "y.org": ("b",),
     }
+
+
+# --- Properties -----------------------------------------------------------------------------------
+
+PROPERTY = hyp_settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+SHARDED = (
+    "matrix_synapse_workers_generic_workers_count",
+    "matrix_synapse_workers_federation_sender_workers_count",
+    "matrix_synapse_workers_pusher_workers_count",
+    "matrix_synapse_workers_stream_writer_events_stream_workers_count",
+    "matrix_synapse_workers_stream_writer_receipts_stream_workers_count",
+)
+
+
+@PROPERTY
+@given(valid_data())
+def test_any_valid_one_machine_settings_plan_as_build_plan(data: dict[str, Any]) -> None:
+    settings = parse_settings(data)
+    assert plan_cluster({"only": settings}).view("only") == build_plan(settings, "only")
+
+
+@st.composite
+def counted_cluster(draw: st.DrawFn) -> list[dict[str, int]]:
+    """Sharded worker counts for main and 1 to 4 workers hosts."""
+    return [
+        {key: draw(st.integers(0, 40)) for key in SHARDED} for _ in range(draw(st.integers(2, 5)))
+    ]
+
+
+def cluster_of(counts: list[dict[str, int]]) -> ClusterPlan:
+    hosts = {"m0": main_host("10.9.0.1", **counts[0])}
+    for index, own in enumerate(counts[1:], start=1):
+        hosts[f"m{index}"] = workers_host(f"10.9.0.{index + 1}", **own)
+    return plan_cluster(hosts)
+
+
+@PROPERTY
+@given(counted_cluster())
+def test_every_cluster_names_each_worker_once_and_reaches_it_on_its_machine(
+    counts: list[dict[str, int]],
+) -> None:
+    plan = cluster_of(counts)
+    names = [w.name for w in plan.workers]
+    assert len(names) == len(set(names))
+    for machine in plan.machines:
+        own = plan.own_processes(machine)
+        ports = [x.port for p in own for x in p.listeners]
+        assert len(ports) == len(set(ports)), machine
+    address = {m: plan.private_addresses[m] for m in plan.machines}
+    for name, (host_address, port) in plan.shared.instance_map.items():
+        process = plan.main if name == MAIN else next(w for w in plan.workers if w.name == name)
+        replication = process.listener("replication")
+        assert host_address == address[process.machine]
+        assert replication is not None and replication.port == port
+        assert host_address in replication.bind_addresses
+    writers = [n for ns in plan.shared.stream_writers.values() for n in ns]
+    assert set(plan.shared.instance_map) - {MAIN} == set(writers)
+    assert len(plan.shared.federation_sender_instances) == sum(
+        c["matrix_synapse_workers_federation_sender_workers_count"] for c in counts
+    )
+
+
+@PROPERTY
+@given(counted_cluster(), st.data())
+def test_moving_workers_to_the_next_machine_moves_only_those(
+    counts: list[dict[str, int]], data: st.DataObject
+) -> None:
+    source = data.draw(st.integers(0, len(counts) - 2))
+    # Stream writers share one numbering over every stream, as on one machine: moving one
+    # renumbers the writers after it. Each worker type has a numbering of its own.
+    key = data.draw(st.sampled_from([k for k in SHARDED if "stream_writer" not in k]))
+    moved = data.draw(st.integers(0, counts[source][key]))
+    after = [dict(c) for c in counts]
+    after[source][key] -= moved
+    after[source + 1][key] += moved
+    before_plan, after_plan = cluster_of(counts), cluster_of(after)
+
+    def where(plan: ClusterPlan) -> dict[str, tuple[str, tuple[int, ...]]]:
+        return {w.name: (w.machine, tuple(x.port for x in w.listeners)) for w in plan.workers}
+
+    old, new = where(before_plan), where(after_plan)
+    assert set(old) == set(new)
+    changed = {n for n in old if old[n] != new[n]}
+    assert len(changed) == moved
+    assert all(old[n][0] == f"m{source}" and new[n][0] == f"m{source + 1}" for n in changed)
