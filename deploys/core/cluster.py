@@ -222,8 +222,9 @@ def plan_cluster(hosts: Mapping[str, Settings]) -> ClusterPlan:
         The plan, the same for the same hosts and settings whichever host computes it.
 
     Raises:
-        SettingsError: a rule between the hosts, or a host's own plan (ports), every problem at
-            once, each naming its hosts and keys.
+        SettingsError: each problem naming its hosts and keys: the rules on roles and addresses
+            (all at once), else each machine's own plan (ports; every machine's problems at
+            once), else the rules on the workers of every machine together (all at once).
     """
     domains = {s.domain for s in hosts.values()}
     if len(domains) != 1:
