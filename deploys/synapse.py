@@ -11,6 +11,7 @@ from deploys.components.configure import configure_synapse
 from deploys.components.database import database
 from deploys.components.install import install
 from deploys.components.plan import settings_and_plan
+from deploys.components.tls import tls_after_nginx, tls_before_nginx
 from deploys.core.machines import claim_machine
 from deploys.core.settings import SettingsError
 from deploys.facts.synapse import MachineId
@@ -26,4 +27,8 @@ if settings.install.enabled:
     install(settings)
 if settings.database.install_postgresql:
     database(settings, plan)
+if settings.tls.enabled and settings.nginx.enabled:
+    tls_before_nginx(settings)
 configure_synapse(settings, plan)
+if settings.tls.mode == "acme" and settings.nginx.enabled:
+    tls_after_nginx(settings)

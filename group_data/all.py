@@ -140,6 +140,42 @@ matrix_synapse_nginx_client_max_body_size = "50M"
 matrix_synapse_nginx_access_log = "/var/log/nginx/matrix-synapse-workers.access.log"
 
 # ---------------------------------------------------------------------------------------------
+# Public TLS (nginx's HTTPS servers in front of the same routing as the plain server)
+# ---------------------------------------------------------------------------------------------
+
+# "off": only the plain server above. "acme": certbot obtains and renews the certificate over
+# HTTP-01 through nginx's port-80 server (certbot's own timer renews; its deploy hook reloads
+# nginx, never restarts it or Synapse). "files": serve the certificate and key you provide.
+matrix_synapse_tls_mode = "off"
+# Names on the certificate and the servers' server_name; [] uses the host of
+# matrix_synapse_public_baseurl, else matrix_domain.
+matrix_synapse_tls_server_names = []
+# Addresses the public servers (80, 443 and 8448) listen on.
+matrix_synapse_tls_listen_addresses = ["0.0.0.0"]
+# Client and federation traffic over TLS.
+matrix_synapse_tls_https_port = 443
+# Plain HTTP: answers ACME challenges and redirects everything else to HTTPS.
+matrix_synapse_tls_http_port = 80
+# Federation's own TLS port (what other servers use without delegation); None: none.
+matrix_synapse_tls_federation_port = 8448
+# The certificate (full chain) and key nginx serves. "files": yours, readable by root; "acme":
+# where the deploy keeps certbot's current certificate (0644 and 0600, copied on each renewal).
+matrix_synapse_tls_certificate_path = "/etc/nginx/matrix-synapse-tls/fullchain.pem"
+matrix_synapse_tls_key_path = "/etc/nginx/matrix-synapse-tls/privkey.pem"
+# The ACME directory; a private ACME server works (see matrix_synapse_tls_acme_ca_bundle).
+matrix_synapse_tls_acme_directory_url = "https://acme-v02.api.letsencrypt.org/directory"
+# The ACME account's contact; None registers without one.
+matrix_synapse_tls_acme_email = None
+# CA bundle certbot trusts for the ACME directory (a private ACME server); None: the system's.
+matrix_synapse_tls_acme_ca_bundle = None
+# Where certbot writes HTTP-01 tokens and nginx serves them from.
+matrix_synapse_tls_acme_webroot = "/var/lib/matrix-synapse-acme"
+# Serve Synapse's admin API (/_synapse/admin) and main's metrics on the public servers; off,
+# they answer 404 there (still reachable on the loopback server and the metrics listeners).
+matrix_synapse_tls_expose_admin_api = False
+matrix_synapse_tls_expose_metrics = False
+
+# ---------------------------------------------------------------------------------------------
 # Prometheus service discovery (needs matrix_synapse_metrics_enabled)
 # ---------------------------------------------------------------------------------------------
 

@@ -25,6 +25,8 @@ BASE_PACKAGES: Final = (
     "curl",
 )
 POSTGRESQL_PACKAGES: Final = ("postgresql",)
+# matrix_synapse_tls_mode = "acme": certbot, and openssl for the placeholder and the TLS fact.
+ACME_PACKAGES: Final = ("certbot", "openssl")
 
 
 # The probes the install fact and the install script share: is the Debian package in ``$p``
@@ -36,9 +38,9 @@ SYNAPSE_VERSION: Final = "import synapse; print(synapse.__version__)"
 
 
 def packages(settings: Settings) -> tuple[str, ...]:
-    if settings.database.install_postgresql:
-        return BASE_PACKAGES + POSTGRESQL_PACKAGES
-    return BASE_PACKAGES
+    postgresql = POSTGRESQL_PACKAGES if settings.database.install_postgresql else ()
+    acme = ACME_PACKAGES if settings.tls.mode == "acme" else ()
+    return BASE_PACKAGES + postgresql + acme
 
 
 def synapse_requirement(settings: Settings) -> str:

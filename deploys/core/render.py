@@ -33,6 +33,7 @@ from deploys.core.routing import (
     nginx_routes,
 )
 from deploys.core.settings import REPO_ROOT, NginxSettings, Settings
+from deploys.core.tls import TlsServers, tls_servers
 from deploys.host.manifest import Directory, DrainSpec, Readiness, RedisCheck, SynapseCheck
 from deploys.host.units import EVERY_PROCESS, MAIN, TARGET_UNIT
 
@@ -167,16 +168,18 @@ def render_template(name: str, **context: Any) -> str:
     return _environment().get_template(name).render(**context)
 
 
-def nginx_config(plan: WorkerPlan, nginx: NginxSettings) -> str:
+def nginx_config(plan: WorkerPlan, nginx: NginxSettings, tls: TlsServers | None = None) -> str:
     """The nginx ``conf.d`` file routing client and federation traffic for ``plan``.
 
     Args:
         plan: the worker plan of one machine (built from the same settings: its port check
             covered nginx's port).
         nginx: the checked nginx settings.
+        tls: the public TLS servers (``deploys.core.tls``), or None for none.
 
     Returns:
-        The file's content: maps, a log format, upstreams and one ``server``.
+        The file's content: maps, a log format, upstreams, the plain ``server`` and, with
+        `tls`, the public HTTPS and port-80 servers with the same routing.
     """
     return render_template(
         "nginx/synapse-workers.conf.j2",
@@ -185,6 +188,7 @@ def nginx_config(plan: WorkerPlan, nginx: NginxSettings) -> str:
         upstream_header=UPSTREAM_HEADER,
         upstream_header_variable=UPSTREAM_HEADER_VARIABLE,
         log_format=LOG_FORMAT,
+        tls=tls,
     )
 
 
@@ -246,7 +250,7 @@ def desired_state(settings: Settings, plan: WorkerPlan) -> DesiredState:
     drain = None
     if settings.nginx.enabled:
         # nginx reads it at reload; `nginx -t` must pass first, or the old file is put back.
-        nginx_file = nginx_config(plan, settings.nginx)
+        nginx_file = nginx_config(plan, settings.nginx, tls_servers(settings))
         add(
             settings.nginx.config_path,
             nginx_file,

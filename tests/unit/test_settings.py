@@ -763,6 +763,7 @@ NOT_A_DEFAULT = {
     "1.163.2": "the example in the version's message",
     "matrix-synapse": "the example in the account's message",
     "main": "one of cluster.ROLES, and the name a worker may not take (worker_list.py)",
+    "off": "one of tls.MODES",
 }
 
 

@@ -8,8 +8,8 @@ checking the rules between its own keys:
 - ``homeserver``: name, accounts, paths, the main process's listeners (top-level attributes);
 - ``deploy``: ``install`` (Synapse version, virtualenv) and the run's lock, config check and
   readiness timeout;
-- ``database``, ``redis``, ``nginx``, ``limits``, ``metrics``, ``restarts``, ``cluster``: one
-  frozen dataclass each on ``Settings``;
+- ``database``, ``redis``, ``nginx``, ``limits``, ``metrics``, ``restarts``, ``cluster``,
+  ``tls``: one frozen dataclass each on ``Settings``;
 - ``workers`` (counts, presets, port starts and the one set of count rules) with
   ``worker_list`` (the hand-written list);
 - ``extension``: the homeserver.yaml pass-through and the keys it may not set.
@@ -37,6 +37,7 @@ from deploys.core.settings import (
     nginx,
     redis,
     restarts,
+    tls,
     workers,
 )
 from deploys.core.settings.cluster import ClusterSettings
@@ -55,6 +56,7 @@ from deploys.core.settings.reader import (
 )
 from deploys.core.settings.redis import RedisSettings
 from deploys.core.settings.restarts import RestartSettings
+from deploys.core.settings.tls import TlsSettings
 from deploys.core.settings.worker_list import WorkerEntry
 from deploys.core.settings.workers import WorkerSettings
 
@@ -71,6 +73,7 @@ __all__ = [
     "RestartSettings",
     "Settings",
     "SettingsError",
+    "TlsSettings",
     "WorkerEntry",
     "WorkerSettings",
     "load_defaults",
@@ -120,6 +123,7 @@ class Settings:
     metrics: MetricsSettings
     restarts: RestartSettings
     cluster: ClusterSettings
+    tls: TlsSettings
 
 
 def parse_settings(data: Mapping[str, Any]) -> Settings:
@@ -147,6 +151,7 @@ def parse_settings(data: Mapping[str, Any]) -> Settings:
         metrics=metrics.read(r),
         restarts=restarts.read(r),
         cluster=cluster.read(r),
+        tls=tls.read(r),
     )
     _check_unknown_keys(r)
     if r.problems:

@@ -1,0 +1,165 @@
+"""Public TLS: nginx's HTTPS and port-80 servers, and the certbot commands that feed them (pure).
+
+The HTTPS servers (``https_port`` and, if set, the federation port) carry the same routing
+locations as the plain loopback server (the template renders them from one macro), plus:
+
+- ``/_synapse/admin`` and ``/_synapse/metrics`` answer 404 unless exposed by a setting (the
+  metrics then come from main's metrics listener);
+- ``X-Forwarded-Proto: https`` to Synapse.
+
+The port-80 server answers ACME HTTP-01 challenges from the webroot (``acme`` mode) and redirects
+everything else to HTTPS.
+
+Certificates, ``acme`` mode: nginx always serves ``certificate_path``/``key_path``. Before the
+first certificate exists the deploy puts a self-signed placeholder there (so ``nginx -t`` passes
+and port 80 can answer the challenge); certbot then obtains the real one (``certonly --webroot``)
+and its deploy hook copies it over the placeholder and reloads nginx. certbot stores that hook in
+the lineage's renewal config, so its own timer's renewals do the same: copy, reload, never a
+restart of nginx or Synapse.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import shlex
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import urlparse
+
+from deploys.core.processes import connect_address
+from deploys.core.settings import Settings, TlsSettings
+
+# The placeholder's subject: what the fact recognises as "no real certificate yet".
+PLACEHOLDER_CN: Final = "pyinfra-synapse placeholder"
+LETSENCRYPT_DIR: Final = "/etc/letsencrypt"
+ADMIN_PREFIX: Final = "/_synapse/admin"
+METRICS_PREFIX: Final = "/_synapse/metrics"
+
+
+@dataclass(frozen=True)
+class TlsServers:
+    """What the nginx template needs for the public servers.
+
+    Attributes:
+        https_listen: ``listen`` values of the TLS server (``addr:port ssl``).
+        http_listen: ``listen`` values of the port-80 server.
+        server_name: its ``server_name``.
+        certificate, key: the files nginx serves.
+        acme_webroot: the HTTP-01 webroot, or None (``files`` mode: no challenge location).
+        expose_admin_api: route ``/_synapse/admin`` like the plain server (else 404).
+        metrics_upstream: ``host:port`` of main's metrics listener if exposed, else None (404).
+    """
+
+    https_listen: tuple[str, ...]
+    http_listen: tuple[str, ...]
+    server_name: str
+    certificate: str
+    key: str
+    acme_webroot: str | None
+    expose_admin_api: bool
+    metrics_upstream: str | None
+
+
+def certificate_names(settings: Settings) -> tuple[str, ...]:
+    """The certificate's names: the setting, else public_baseurl's host, else the domain."""
+    if settings.tls.server_names:
+        return settings.tls.server_names
+    if settings.public_baseurl:
+        host = urlparse(settings.public_baseurl).hostname
+        if host:
+            return (host,)
+    return (settings.domain,)
+
+
+def tls_servers(settings: Settings) -> TlsServers | None:
+    """The public servers' model, or None when TLS is off."""
+    tls = settings.tls
+    if not tls.enabled:
+        return None
+    ports = [tls.https_port] + ([tls.federation_port] if tls.federation_port else [])
+    metrics = None
+    if tls.expose_metrics and settings.metrics_enabled:
+        metrics = (
+            f"{_host(connect_address(settings.metrics_bind_addresses))}:{settings.metrics_port}"
+        )
+    return TlsServers(
+        https_listen=tuple(
+            f"{_host(a)}:{port} ssl" for port in ports for a in tls.listen_addresses
+        ),
+        http_listen=tuple(f"{_host(a)}:{tls.http_port}" for a in tls.listen_addresses),
+        server_name=" ".join(certificate_names(settings)),
+        certificate=tls.certificate_path,
+        key=tls.key_path,
+        acme_webroot=tls.acme_webroot if tls.mode == "acme" else None,
+        expose_admin_api=tls.expose_admin_api,
+        metrics_upstream=metrics,
+    )
+
+
+def lineage(names: tuple[str, ...]) -> str:
+    """certbot's certificate name (``/etc/letsencrypt/live/<lineage>``): the first name."""
+    return names[0]
+
+
+def renewal_config(names: tuple[str, ...]) -> str:
+    return posixpath.join(LETSENCRYPT_DIR, "renewal", f"{lineage(names)}.conf")
+
+
+def deploy_hook(tls: TlsSettings) -> str:
+    """What certbot runs after each issuance and renewal: copy the lineage over the files nginx
+    serves (key 0600, written to a temporary name first) and reload nginx (never restart)."""
+    cert, key = shlex.quote(tls.certificate_path), shlex.quote(tls.key_path)
+    return (
+        f'install -D -m 0644 "$RENEWED_LINEAGE/fullchain.pem" {cert}.new && '
+        f'install -D -m 0600 "$RENEWED_LINEAGE/privkey.pem" {key}.new && '
+        f"mv -f {key}.new {key} && mv -f {cert}.new {cert} && "
+        "systemctl reload nginx"
+    )
+
+
+def certbot_command(tls: TlsSettings, names: tuple[str, ...]) -> str:
+    """``certbot certonly --webroot`` for `names`, its deploy hook saved for renewals."""
+    args = [
+        "certbot",
+        "certonly",
+        "--non-interactive",
+        "--agree-tos",
+        "--webroot",
+        "--webroot-path",
+        tls.acme_webroot,
+        "--cert-name",
+        lineage(names),
+        "--server",
+        tls.acme_directory_url,
+        "--deploy-hook",
+        deploy_hook(tls),
+        # The names changed, or the placeholder is still served: a new certificate now.
+        "--expand",
+        "--keep-until-expiring",
+    ]
+    if tls.acme_email:
+        args += ["--email", tls.acme_email, "--no-eff-email"]
+    else:
+        args.append("--register-unsafely-without-email")
+    for name in names:
+        args += ["-d", name]
+    command = " ".join(shlex.quote(a) for a in args)
+    env = f"REQUESTS_CA_BUNDLE={shlex.quote(tls.acme_ca_bundle)} " if tls.acme_ca_bundle else ""
+    return f"mkdir -p {shlex.quote(tls.acme_webroot)} && {env}{command}"
+
+
+def placeholder_command(tls: TlsSettings, names: tuple[str, ...]) -> str:
+    """A self-signed certificate for `names` at the served paths, so nginx can start before
+    ACME has answered (replaced by the deploy hook)."""
+    cert, key = shlex.quote(tls.certificate_path), shlex.quote(tls.key_path)
+    subject = shlex.quote(f"/CN={PLACEHOLDER_CN}")
+    san = shlex.quote("subjectAltName=" + ",".join(f"DNS:{n}" for n in names))
+    return (
+        f"mkdir -p $(dirname {cert}) $(dirname {key}) && umask 077 && "
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 "
+        f"-subj {subject} -addext {san} -keyout {key} -out {cert} 2>&1 && chmod 0644 {cert}"
+    )
+
+
+def _host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address

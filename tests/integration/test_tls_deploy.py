@@ -1,0 +1,187 @@
+"""The deploy's public TLS (matrix_synapse_tls_mode = "acme"): certbot gets the certificate from
+pebble over HTTP-01 through the deploy's own nginx, nginx serves the same routing on 443 and
+8448, the admin API and metrics stay off the public side unless a setting opens them, renewals
+reload nginx only, and a rerun changes nothing. Stand-in Synapse; two bridged test hosts.
+
+Run: .venv/bin/pytest tests/integration/test_tls_deploy.py -v
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.deploying import (
+    assert_no_changes,
+    install_standin,
+    main_pids,
+    pyinfra,
+    write_inventory,
+)
+from tests.support.pebble import Pebble, ensure_acme_tree, start_pebble, trust_pebble
+from tests.support.testhost import TestHost
+
+pytestmark = pytest.mark.integration
+
+Factory = Callable[..., list[TestHost]]
+CERT = "/etc/nginx/matrix-synapse-tls/fullchain.pem"
+KEY = "/etc/nginx/matrix-synapse-tls/privkey.pem"
+ROOT = "/tmp/pebble-root.pem"
+
+# A GET from another machine of the bridge (no redirects followed), trusting pebble's root only.
+FETCH = """
+import json, ssl, sys, urllib.error, urllib.request
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args):
+        return None
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+opener = urllib.request.build_opener(NoRedirect, urllib.request.HTTPSHandler(context=ctx))
+try:
+    r = opener.open(sys.argv[1], timeout=10)
+    status, headers, body = r.status, r.headers, r.read().decode()
+except urllib.error.HTTPError as e:
+    status, headers, body = e.code, e.headers, e.read().decode()
+print(json.dumps({"status": status, "upstream": headers.get("X-Synapse-Upstream"),
+                  "location": headers.get("Location"), "body": body}))
+"""
+
+
+def fetch(client: TestHost, url: str) -> dict[str, Any]:
+    out = client.ssh(f"python3 - {shlex.quote(url)} {ROOT}", input=FETCH).stdout
+    return json.loads(out)
+
+
+def served_fingerprint(host: TestHost) -> str:
+    return host.ssh(f"openssl x509 -in {CERT} -noout -fingerprint -sha256").stdout.strip()
+
+
+def nginx_master(host: TestHost) -> str:
+    return host.ssh("cat /run/nginx.pid").stdout.strip()
+
+
+@pytest.fixture
+def pair(bridged_testhosts: Factory) -> tuple[Pebble, TestHost]:
+    acme, web = bridged_testhosts(2, names=["acme.test", "hs-b.test"], tree=ensure_acme_tree())
+    pebble = start_pebble(acme)
+    install_standin(web)
+    acme.ssh(f"cat > {ROOT}", input=pebble.issuer_roots())
+    return pebble, web
+
+
+def tls_data(pebble: Pebble, web: TestHost, **extra: Any) -> dict[str, Any]:
+    return {
+        "matrix_domain": "hs-b.test",
+        "matrix_synapse_tls_mode": "acme",
+        "matrix_synapse_tls_acme_directory_url": pebble.directory_url,
+        "matrix_synapse_tls_acme_ca_bundle": trust_pebble(web, pebble),
+        "matrix_synapse_tls_acme_email": "admin@hs-b.test",
+        **extra,
+    }
+
+
+def deploy(tmp_path: Path, web: TestHost, data: dict[str, Any], *args: str):
+    inventory = write_inventory(tmp_path / "inventory.py", [(web, data)])
+    return pyinfra(tmp_path, inventory, *args)
+
+
+def test_acme_certificate_served_with_the_same_routing(
+    tmp_path: Path, pair: tuple[Pebble, TestHost]
+) -> None:
+    pebble, web = pair
+    client = pebble.host
+    data = tls_data(pebble, web)
+    run = deploy(tmp_path, web, data, "-y")
+    assert run.returncode == 0, run.output[-4000:]
+
+    # pebble's certificate (not the placeholder) is served, key 0600, by name over the bridge.
+    subject = web.ssh(f"openssl x509 -in {CERT} -noout -subject -issuer -ext subjectAltName")
+    assert "issuer=CN = Pebble Intermediate CA" in subject.stdout, subject.stdout
+    assert "DNS:hs-b.test" in subject.stdout
+    assert web.ssh(f"stat -c '%a %U' {KEY}").stdout.strip() == "600 root"
+    for url in ("https://hs-b.test/_matrix/client/versions", "https://hs-b.test:8448/x"):
+        reply = fetch(client, url)
+        assert reply["status"] == 200, reply
+        assert reply["upstream"] == "synapse_main"
+        assert json.loads(reply["body"]) == {"standin": "main"}
+    # Port 80 redirects (only ACME challenges are answered there).
+    plain = fetch(client, "http://hs-b.test/_matrix/client/versions?x=1")
+    assert plain["status"] == 301
+    assert plain["location"] == "https://hs-b.test/_matrix/client/versions?x=1"
+    # Admin API and metrics: 404 from nginx on the public side, Synapse's on loopback.
+    for path in ("/_synapse/admin/v1/server_version", "/_synapse/metrics"):
+        reply = fetch(client, f"https://hs-b.test{path}")
+        assert (reply["status"], reply["upstream"]) == (404, None), reply
+    local = web.ssh(
+        "python3 -c \"import urllib.request as u; r = u.urlopen('http://127.0.0.1:8088"
+        "/_synapse/admin/v1/server_version'); print(r.status, r.headers['X-Synapse-Upstream'])\""
+    )
+    assert local.stdout.split() == ["200", "synapse_main"]
+    # The challenge was served by this deploy's nginx, to pebble, by name over the bridge.
+    log = web.ssh("cat /var/log/nginx/matrix-synapse-workers.access.log").stdout
+    challenges = [line for line in log.splitlines() if "/.well-known/acme-challenge/" in line]
+    assert challenges and all(line.startswith(f"{client.address} ") for line in challenges)
+
+    # A rerun changes nothing (its facts add commands; not counted here).
+    assert_no_changes(deploy(tmp_path, web, data), web.name, commands=None)
+
+    # Renewal: certbot's own renew (what its timer runs) copies the new certificate and reloads
+    # nginx: same nginx master, same Synapse processes, a new certificate on the wire.
+    before, master, pids = served_fingerprint(web), nginx_master(web), main_pids(web)
+    renew = web.ssh(
+        f"REQUESTS_CA_BUNDLE={data['matrix_synapse_tls_acme_ca_bundle']} "
+        "certbot renew --force-renewal --non-interactive --no-random-sleep-on-renew",
+        check=False,
+    )
+    assert renew.returncode == 0, renew.stdout + renew.stderr
+    assert served_fingerprint(web) != before
+    assert nginx_master(web) == master
+    assert main_pids(web) == pids
+    assert fetch(client, "https://hs-b.test/_matrix/client/versions")["status"] == 200
+    assert_no_changes(deploy(tmp_path, web, data), web.name, commands=None)
+
+
+def test_admin_api_and_metrics_opened_by_settings(
+    tmp_path: Path, pair: tuple[Pebble, TestHost]
+) -> None:
+    pebble, web = pair
+    data = tls_data(
+        pebble,
+        web,
+        matrix_synapse_tls_expose_admin_api=True,
+        matrix_synapse_tls_expose_metrics=True,
+        matrix_synapse_tls_federation_port=None,
+    )
+    run = deploy(tmp_path, web, data, "-y")
+    assert run.returncode == 0, run.output[-4000:]
+    admin = fetch(pebble.host, "https://hs-b.test/_synapse/admin/v1/server_version")
+    assert (admin["status"], admin["upstream"]) == (200, "synapse_main"), admin
+    metrics = fetch(pebble.host, "https://hs-b.test/_synapse/metrics")
+    assert metrics["status"] == 200 and 'worker="main"' in metrics["body"], metrics
+    # No federation port: nothing listens on 8448.
+    assert web.ssh("ss -Htln 'sport = 8448'").stdout.strip() == ""
+
+
+def test_acme_directory_that_does_not_answer_names_the_setting(
+    tmp_path: Path, pair: tuple[Pebble, TestHost]
+) -> None:
+    pebble, web = pair
+    data = tls_data(pebble, web)
+    assert deploy(tmp_path, web, data, "-y").returncode == 0
+    served = served_fingerprint(web)
+    # A new name needs a new certificate, from a directory where nothing answers.
+    bad = {
+        **data,
+        "matrix_synapse_tls_server_names": ["hs-b.test", "hs-b2.test"],
+        "matrix_synapse_tls_acme_directory_url": "https://acme.test:14999/dir",
+    }
+    run = deploy(tmp_path, web, bad, "-y")
+    assert run.returncode != 0
+    assert "matrix_synapse_tls_acme_directory_url = 'https://acme.test:14999/dir'" in run.output
+    # The certificate served before is still served (the nginx file carries the new name).
+    assert served_fingerprint(web) == served
+    assert fetch(pebble.host, "https://hs-b.test/_matrix/client/versions")["status"] == 200
