@@ -25,8 +25,9 @@ BASE_PACKAGES: Final = (
     "curl",
 )
 POSTGRESQL_PACKAGES: Final = ("postgresql",)
-# matrix_synapse_tls_mode = "acme": certbot, and openssl for the placeholder and the TLS fact.
-ACME_PACKAGES: Final = ("certbot", "openssl")
+# TLS on: openssl (the certificate fact, the placeholder); "acme": certbot too.
+TLS_PACKAGES: Final = ("openssl",)
+ACME_PACKAGES: Final = ("certbot",)
 
 
 # The probes the install fact and the install script share: is the Debian package in ``$p``
@@ -39,8 +40,9 @@ SYNAPSE_VERSION: Final = "import synapse; print(synapse.__version__)"
 
 def packages(settings: Settings) -> tuple[str, ...]:
     postgresql = POSTGRESQL_PACKAGES if settings.database.install_postgresql else ()
+    tls = TLS_PACKAGES if settings.tls.enabled else ()
     acme = ACME_PACKAGES if settings.tls.mode == "acme" else ()
-    return BASE_PACKAGES + postgresql + acme
+    return BASE_PACKAGES + postgresql + tls + acme
 
 
 def synapse_requirement(settings: Settings) -> str:

@@ -96,10 +96,22 @@ def acme_certificate(
             f"{certificate_path} holds a certificate that is neither certbot's nor the deploy's "
             "placeholder: move it away, or use matrix_synapse_tls_mode = 'files'"
         )
-    failed = (
+    kept = "the served certificate was left as it was"
+    unreachable = (
         f"matrix_synapse_tls_acme_directory_url = {directory_url!r}: certbot could not get a "
-        f"certificate for {', '.join(names)} (its output is above); the served certificate and "
-        "nginx were left as they were"
+        f"certificate for {', '.join(names)} from it (certbot's output is above); {kept}"
     )
-    script = f"{certbot_command} || {{ echo {shlex.quote(failed)} >&2; exit 1; }}"
+    refused = (
+        f"matrix_synapse_tls_server_names ({', '.join(names)}): the ACME server could not "
+        "validate every name: each must resolve to this host and reach its port 80 "
+        f"(matrix_synapse_tls_http_port) from the ACME server (certbot's output is above); {kept}"
+    )
+    # certbot says "failed to authenticate" when the ACME server answered but a name failed.
+    script = (
+        f"out=$({certbot_command} 2>&1); rc=$?; printf '%s\\n' \"$out\"; "
+        '[ "$rc" -eq 0 ] && exit 0; '
+        'if printf \'%s\' "$out" | grep -q "failed to authenticate"; '
+        f"then echo {shlex.quote(refused)} >&2; else echo {shlex.quote(unreachable)} >&2; fi; "
+        "exit 1"
+    )
     yield StringCommand("sh", "-c", QuoteString(script))

@@ -185,3 +185,53 @@ def test_acme_directory_that_does_not_answer_names_the_setting(
     # The certificate served before is still served (the nginx file carries the new name).
     assert served_fingerprint(web) == served
     assert fetch(pebble.host, "https://hs-b.test/_matrix/client/versions")["status"] == 200
+
+
+def test_a_name_the_acme_server_cannot_validate_names_the_setting(
+    tmp_path: Path, pair: tuple[Pebble, TestHost]
+) -> None:
+    pebble, web = pair
+    data = tls_data(pebble, web)
+    assert deploy(tmp_path, web, data, "-y").returncode == 0
+    served = served_fingerprint(web)
+    bad = {**data, "matrix_synapse_tls_server_names": ["hs-b.test", "nowhere.test"]}
+    run = deploy(tmp_path, web, bad, "-y")
+    assert run.returncode != 0
+    assert "matrix_synapse_tls_server_names (hs-b.test, nowhere.test)" in run.output, run.output
+    assert served_fingerprint(web) == served
+    assert fetch(pebble.host, "https://hs-b.test/_matrix/client/versions")["status"] == 200
+
+
+def test_files_mode_serves_the_operators_certificate(
+    tmp_path: Path, bridged_testhosts: Factory
+) -> None:
+    (web,) = bridged_testhosts(1, names=["hs-b.test"], tree=ensure_acme_tree())
+    install_standin(web)
+    web.ssh(
+        "mkdir -p /root/tls && cd /root/tls && openssl req -x509 -newkey ec "
+        "-pkeyopt ec_paramgen_curve:P-256 -nodes -days 5 -subj /CN=hs-b.test "
+        "-addext subjectAltName=DNS:hs-b.test -keyout key.pem -out cert.pem 2>/dev/null && "
+        f"cp cert.pem {ROOT}"
+    )
+    data = {
+        "matrix_domain": "hs-b.test",
+        "matrix_synapse_tls_mode": "files",
+        "matrix_synapse_tls_certificate_path": "/root/tls/cert.pem",
+        "matrix_synapse_tls_key_path": "/root/tls/missing-key.pem",
+    }
+    before = web.ssh("ls /etc/nginx/conf.d").stdout
+    run = deploy(tmp_path, web, data, "-y")
+    assert run.returncode != 0
+    assert "matrix_synapse_tls_key_path = '/root/tls/missing-key.pem': no key there" in run.output
+    assert web.ssh("ls /etc/nginx/conf.d").stdout == before  # refused before any change
+
+    data["matrix_synapse_tls_key_path"] = "/root/tls/key.pem"
+    run = deploy(tmp_path, web, data, "-y")
+    assert run.returncode == 0, run.output[-4000:]
+    reply = fetch(web, "https://hs-b.test/_matrix/client/versions")  # trusts only that cert
+    assert (reply["status"], reply["upstream"]) == (200, "synapse_main"), reply
+    # No ACME here: port 80 redirects challenges too, and certbot was never run.
+    challenge = fetch(web, "http://hs-b.test/.well-known/acme-challenge/x")
+    assert challenge["status"] == 301
+    assert web.ssh("test -e /etc/letsencrypt/renewal", check=False).returncode == 1
+    assert_no_changes(deploy(tmp_path, web, data), web.name, commands=None)
