@@ -6,6 +6,7 @@ from pyinfra.api import deploy
 
 from deploys.core.plan import WorkerPlan
 from deploys.core.render import desired_state
+from deploys.core.restarts import restart_spec
 from deploys.core.settings import Settings
 from deploys.operations.synapse import apply_desired_state
 
@@ -14,7 +15,8 @@ from deploys.operations.synapse import apply_desired_state
 def configure_synapse(settings: Settings, plan: WorkerPlan) -> None:
     """
     Ship every config file, worker file and unit, remove workers no longer planned, and start or
-    restart exactly the processes whose configuration changed.
+    restart exactly the processes whose configuration changed, in waves (main first, then each
+    class in batches; ``matrix_synapse_restart_*``).
 
     + settings: validated settings (``deploys.core.settings.parse_settings``)
     + plan: the worker plan built from them
@@ -28,4 +30,5 @@ def configure_synapse(settings: Settings, plan: WorkerPlan) -> None:
         home=settings.data_dir,
         systemd_dir=settings.systemd_dir,
         lock_timeout=settings.deploy_lock_timeout,
+        restarts=restart_spec(settings, plan),
     )

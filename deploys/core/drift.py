@@ -37,6 +37,8 @@ class HostState:
     units: dict[str, UnitState] = field(default_factory=dict)
     # A journal an interrupted run left: changes (restarts, reloads) it still owes.
     journal_found: bool = False
+    # The topology the host last applied (JSON, deploys/host/restarts.py); None: not recorded.
+    applied_topology: str | None = None
 
 
 class PlannedFile(Protocol):
@@ -106,7 +108,7 @@ class Drift:
         return bool(self.files or self.directories or self.missing_secrets or self.owed)
 
     def changes(self, systemd_dir: str) -> list[Change]:
-        """What a run would change, for ``units.plan_service_actions``."""
+        """What a run would change, for ``restarts.plan_restarts``."""
         return run_changes(map(change_of, self.files.uploads), self.files.stale, systemd_dir)
 
 

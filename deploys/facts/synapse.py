@@ -12,6 +12,7 @@ from typing_extensions import override
 from deploys.core.drift import HostState
 from deploys.facts.files import file_states_script, parse_file_states
 from deploys.host.journal import JOURNAL_PATH
+from deploys.host.restarts import STATE_PATH
 from deploys.host.units import LIST_UNITS, UNIT_GLOB, UnitState, parse_list_units
 
 
@@ -20,7 +21,8 @@ class SynapseHostState(FactBase[HostState]):
     Returns, in one command whatever the number of workers: the sha256, mode, owner and size of
     each of ``paths`` and of every file matching ``globs`` (``FileStates``' rule), the mode and
     owner of the given directories, the load/active/enabled state of every ``matrix-synapse*``
-    unit and of ``reloaded_units``, and whether a journal of owed changes exists. The command
+    unit and of ``reloaded_units``, whether a journal of owed changes exists, and the topology
+    the host last applied (for the restart planner's coupling rules). The command
     fails (and with it the run, before any change) when it cannot read the host: a file it
     cannot hash, or systemd not answering.
 
@@ -31,6 +33,7 @@ class SynapseHostState(FactBase[HostState]):
     + directories: directories whose mode and owner to report
     + reloaded_units: other units whose state to report (e.g. ``nginx.service``)
     + journal_path: the journal an interrupted run leaves behind
+    + state_path: the topology the host last applied (one JSON line)
 
     .. code:: python
 
@@ -51,12 +54,18 @@ class SynapseHostState(FactBase[HostState]):
         directories: Sequence[str] = (),
         reloaded_units: Sequence[str] = (),
         journal_path: str = JOURNAL_PATH,
+        state_path: str = STATE_PATH,
     ) -> StringCommand:
         fail = "|| exit 1"
         return StringCommand(
             "if [ -f",
             QuoteString(journal_path),
             "]; then echo J; fi;",
+            "if [ -f",
+            QuoteString(state_path),
+            "]; then printf 'T %s\\n' \"$(head -c 65536",
+            QuoteString(state_path),
+            ')"; fi;',  # unreadable reads as unknown: the planner is then conservative
             "for d in",
             *([QuoteString(d) for d in directories] or ["''"]),
             "; do",
@@ -93,6 +102,8 @@ class SynapseHostState(FactBase[HostState]):
                 state.directories[path] = (int(mode, 8), owner, group)
             elif line == "J":
                 state.journal_found = True
+            elif line.startswith("T "):
+                state.applied_topology = line[2:]
         for unit in set(listed) | enabled:
             load, active = listed.get(unit, ("not-found", "inactive"))
             state.units[unit] = UnitState(load, active, unit in enabled)

@@ -19,13 +19,21 @@ The controller (deploys/operations/synapse.py) uploads one archive holding this 
    every file the journal owes; if one fails, puts this run's files and the journal back, touches
    no process, and fails naming the file;
 7. fixes mode/owner drift; removes files matching our own naming that the plan no longer has;
-8. runs the systemd actions ``units.plan_service_actions`` derives from what changed (this run's
-   changes and the owed ones);
-9. waits until every unit this run (re)started or started is ready, each by its own criterion
-   (``readiness.unit_not_ready``), and, if a Synapse process was among them, Redis counts every
-   process subscribed; only then removes the journal: nothing is owed any more.
+8. plans the restart waves (``restarts.plan_restarts``) from what changed (this run's changes
+   and the owed ones), the unit states found now and the topology last applied here
+   (``RestartSpec.state_path``); stops and disables stale units, reloads systemd and enables
+   planned units; then, wave by wave: runs the wave's commands and waits until every unit it
+   (re)started is ready, each by its own criterion (``readiness.unit_not_ready``), before the
+   next wave starts. A wave that is not ready within the timeout stops the run there: later
+   waves do not run (their processes keep serving with the previous config), the error names
+   the wave, its units and why, and the journal stays, so the next run finishes the work;
+9. after the waves: starts the target (and nginx if it was stopped), reloads what reloads
+   (nginx; Synapse processes no wave restarted, by SIGHUP), stops stale workers nginx no longer
+   routes to, and waits until nginx is ready and, if a Synapse process was (re)started, Redis
+   counts every planned process subscribed; only then records the applied topology and removes
+   the journal: nothing is owed any more.
 
-It prints one JSON summary line prefixed ``pyinfra-synapse:``.
+It prints one JSON summary line prefixed ``pyinfra-synapse:``, listing the waves.
 """
 
 from __future__ import annotations
@@ -38,7 +46,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import batch, checks, journal, ownership, prerequisites, readiness, systemd, units
+from . import (
+    batch,
+    checks,
+    files,
+    journal,
+    ownership,
+    prerequisites,
+    readiness,
+    restarts,
+    systemd,
+    units,
+)
 from .batch import ApplyError
 from .manifest import Manifest, ManifestError, from_json
 
@@ -64,10 +83,10 @@ def main(stage: str) -> int:
 def apply(manifest: Manifest, stage: Path) -> dict[str, Any]:
     """Steps 2 to 9 (the caller holds the lock)."""
     run = change_files(manifest, stage)
-    actions = restart(manifest, journal.merge(run.owed + run.changes))
-    readiness.wait_until_ready(readiness.readiness_units(actions), manifest.readiness)
+    plan = restart(manifest, journal.merge(run.owed + run.changes))
+    record_topology(manifest.restarts)
     journal.clear(Path(manifest.journal_path))
-    return summary(manifest, run, actions)
+    return summary(manifest, run, plan)
 
 
 @dataclass
@@ -116,13 +135,67 @@ def run_changes(manifest: Manifest, work: batch.Work) -> list[units.Change]:
     return units.run_changes(written, work.stale, manifest.systemd_dir)
 
 
-def restart(manifest: Manifest, changes: list[units.Change]) -> units.ServiceActions:
-    """Step 8: the systemd actions for ``changes`` on the unit states found now."""
+def restart(manifest: Manifest, changes: list[units.Change]) -> restarts.RestartPlan:
+    """Steps 8 and 9: plan the waves for ``changes`` on the unit states found now, run them one
+    by one, each ready before the next, then what comes after them."""
     planned = list(manifest.planned_workers)
     found = systemd.unit_states(manifest.systemd_dir, planned, list(manifest.reloaded_units))
-    actions = units.plan_service_actions(changes, planned, found)
-    systemd.run_actions(actions, manifest.systemd_dir)
-    return actions
+    applied = restarts.parse_topology(read_state(manifest.restarts.state_path))
+    plan = restarts.plan_restarts(changes, manifest.restarts, planned, found, applied)
+    systemd.run_commands(plan.before_commands(), manifest.systemd_dir)
+    for number, wave in enumerate(plan.waves, 1):
+        run_wave(manifest, plan, number, wave)
+    systemd.run_commands(plan.after_commands(), manifest.systemd_dir)
+    readiness.wait_until_ready(
+        plan.after_ready_units(), manifest.readiness, redis=plan.synapse_restarted()
+    )
+    return plan
+
+
+def run_wave(manifest: Manifest, plan: restarts.RestartPlan, number: int, wave: restarts.Wave):
+    """One wave: its commands, then every unit it (re)started ready. On a failure no later wave
+    runs; the error names the wave, its units and why."""
+    count = len(plan.waves)
+    batch.report(f"pyinfra-synapse: wave {number}/{count}: {wave.describe()}", sys.stderr)
+    try:
+        systemd.run_commands(wave.commands(), manifest.systemd_dir)
+        readiness.wait_until_ready(wave.ready_units(), manifest.readiness)
+    except ApplyError as error:
+        later = (
+            f"waves {number + 1} to {count} were not run: their processes still run the "
+            "previous configuration and keep serving; "
+            if number < count
+            else ""
+        )
+        raise ApplyError(
+            f"restart wave {number}/{count} ({', '.join(wave.ready_units() or wave.stop)}) "
+            f"failed: {error}\n{later}the journal keeps what this run still owes: fix the "
+            "cause and run the deploy again"
+        ) from None
+
+
+def read_state(path: str) -> str | None:
+    try:
+        return Path(path).read_text()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+    except OSError as error:
+        raise ApplyError(f"cannot read {path}: {error.strerror or error}") from None
+
+
+def record_topology(spec: restarts.RestartSpec) -> None:
+    """The topology the processes now run with, for the next run's coupling rules."""
+    content = restarts.topology_json(spec.topology) + "\n"
+    if read_state(spec.state_path) == content:
+        return
+    try:
+        os.makedirs(os.path.dirname(spec.state_path), exist_ok=True)
+        files.write_atomically(spec.state_path, content.encode(), 0o644, 0, 0)
+    except OSError as error:
+        raise ApplyError(
+            f"cannot write {spec.state_path}: {error.strerror or error}; every process is "
+            "ready, and the next run restarts what the journal still owes"
+        ) from None
 
 
 def left_alone(manifest: Manifest) -> list[str]:
@@ -138,20 +211,20 @@ def left_alone(manifest: Manifest) -> list[str]:
     return ownership.left_alone(found, wanted, manifest.shared_dirs, manifest.batch.owned_globs)
 
 
-def summary(manifest: Manifest, run: FilesRun, actions: units.ServiceActions) -> dict[str, Any]:
+def summary(manifest: Manifest, run: FilesRun, plan: restarts.RestartPlan) -> dict[str, Any]:
     return {
         "changed": run.work.changed_paths(),
         "owed": sorted({c.path for c in run.owed}),
         "left_alone": left_alone(manifest),
         "generated_secrets": run.generated,
-        "stopped": list(actions.stop),
-        "disabled": list(actions.disable),
-        "daemon_reload": actions.daemon_reload,
-        "enabled": list(actions.enable),
-        "restarted": ([units.MAIN_UNIT] if actions.restart_main else [])
-        + list(actions.restart_workers),
-        "started": ([units.MAIN_UNIT] if actions.start_main else []) + list(actions.start),
-        "reloaded": list(actions.reload),
+        "stopped": list(plan.stop),
+        "disabled": list(plan.disable),
+        "daemon_reload": plan.daemon_reload,
+        "enabled": list(plan.enable),
+        "waves": plan.summary(),
+        "started_after": list(plan.start_after),
+        "reloaded": list(plan.reload),
+        "stopped_after": list(plan.stop_after),
     }
 
 

@@ -18,6 +18,7 @@ import types
 import typing
 from typing import Any, TypeVar
 
+from .restarts import RestartSpec
 from .units import Change
 
 T = TypeVar("T")
@@ -151,6 +152,8 @@ class Manifest:
     shared_dirs: tuple[str, ...]
     readiness: Readiness
     drain: DrainSpec | None  # None: nginx routing is off, nothing to drain
+    # How changes reach the processes: strategy, batch size, classes, topology (restarts.py).
+    restarts: RestartSpec
 
 
 # --- JSON codec ----------------------------------------------------------------------------------

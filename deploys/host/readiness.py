@@ -1,5 +1,5 @@
-"""Step 9 of the Synapse apply: wait until every unit the run (re)started is ready, each by its
-own criterion, and Redis counts every process subscribed. Standard library only."""
+"""Wait until the units a restart wave (re)started are ready, each by its own criterion, and, at
+the end of a run, until Redis counts every process subscribed. Standard library only."""
 
 from __future__ import annotations
 
@@ -11,25 +11,18 @@ from .manifest import Readiness, RedisCheck
 from .systemd import failure_report, list_units
 
 
-def readiness_units(actions: units.ServiceActions) -> list[str]:
-    """Exactly the units this run (re)started or started: main, workers, and any other service it
-    started (nginx when it was stopped). Reloaded or untouched units are not waited for."""
-    main = [units.MAIN_UNIT] if actions.restart_main or actions.start_main else []
-    started = [u for u in actions.start if u.endswith(".service")]
-    return list(dict.fromkeys([*main, *actions.restart_workers, *started]))
-
-
-def wait_until_ready(unit_names: list[str], readiness: Readiness) -> None:
-    """Wait until each unit is ready by its own criterion (``unit_not_ready``) and, if a Synapse
-    process is among them, Redis counts every process subscribed."""
+def wait_until_ready(unit_names: list[str], readiness: Readiness, redis: bool = False) -> None:
+    """Wait until each unit is ready by its own criterion (``unit_not_ready``) and, with
+    ``redis``, until Redis counts every planned process subscribed. ``host/apply.py`` waits
+    per wave without Redis (during a scale-up the new workers are not all started yet) and
+    once at the end of the run with it, when a Synapse process was (re)started."""
     timeout = readiness.timeout
-    if not unit_names or not timeout:
+    redis_check = readiness.redis if redis else None
+    if (not unit_names and redis_check is None) or not timeout:
         return
     deadline = time.monotonic() + timeout
     waiting: dict[str, str] = dict.fromkeys(unit_names, "not checked")
-    redis = readiness.redis
-    synapse = any(is_synapse(u) for u in unit_names)
-    redis_problem = "not checked" if redis and synapse else None
+    redis_problem = "not checked" if redis_check else None
     while True:
         if waiting:
             states = list_units(sorted(waiting))  # these units by name, nginx included
@@ -39,8 +32,8 @@ def wait_until_ready(unit_names: list[str], readiness: Readiness) -> None:
                     del waiting[unit]
                 else:
                     waiting[unit] = problem
-        if redis_problem is not None:
-            redis_problem = redis_not_ready(redis)  # type: ignore[arg-type]
+        if redis_check is not None and redis_problem is not None:
+            redis_problem = redis_not_ready(redis_check)
         if not waiting and redis_problem is None:
             return
         if time.monotonic() >= deadline:
@@ -52,7 +45,7 @@ def wait_until_ready(unit_names: list[str], readiness: Readiness) -> None:
                 + "\n"
                 + failure_report(sorted(waiting), every=True)
             )
-        time.sleep(1)
+        time.sleep(0.5)
 
 
 def is_synapse(unit: str) -> bool:

@@ -36,9 +36,10 @@ Rules (Synapse reads its shared settings only at start; element-hq/synapse docs/
   without it (it holds no shared duty, only routed requests);
 - ``daemon-reload`` only when a unit file or drop-in changed or was removed, or a unit was
   disabled; planned units not enabled are enabled; both before the first wave;
-- reloads (``Change.reloads``) after the waves: a Synapse unit is reloaded (SIGHUP) only when it
-  runs and no wave (re)started it; another unit (nginx) is reloaded when active, started
-  otherwise;
+- reloads (``Change.reloads``; ``EVERY_PROCESS`` there means every Synapse unit, e.g. for the
+  log config) after the waves: a Synapse unit is reloaded (SIGHUP) only when it runs and no wave
+  (re)started it, and one still starting (``activating``: no SIGHUP handler yet) is restarted
+  instead; another unit (nginx) is reloaded when active, started otherwise;
 - nothing at all when nothing changed.
 """
 
@@ -291,6 +292,13 @@ def plan_restarts(
         names = [*planned, MAIN] if EVERY_PROCESS in change.restarts else change.restarts
         for name in names:
             reason.setdefault(name, f"{_basename(change.path)} changed")
+    for change in changes:
+        if EVERY_PROCESS in change.reloads:
+            # Synapse handles SIGHUP only once started (before, it would kill it): restart a
+            # process still starting instead, it may have read the old file.
+            for name in (MAIN, *planned):
+                if state(unit_of(name)).active_state == "activating":
+                    reason.setdefault(name, f"{_basename(change.path)} changed while it started")
 
     # The topology is written in the shared worker config: unless it changed, no group did.
     shared_changed = any(c.path == spec.topology_file for c in changes)
@@ -376,19 +384,17 @@ def plan_restarts(
     if spec.strategy == ALL_AT_ONCE and len(waves) > 1:
         waves = [_merge(waves)]
 
-    # Reloads: Synapse units SIGHUP'd only when running and not (re)started by a wave.
+    # Reloads: a Synapse unit gets a SIGHUP only when it runs and no wave (re)starts it.
     touched = {u for w in waves for u in (*w.ready_units(), *w.stop)}
-    reloads = sorted({u for c in changes for u in c.reloads})
+    asked = {u for c in changes for u in c.reloads}
+    synapse = [MAIN_UNIT, *(worker_unit(n) for n in planned)]
+    if EVERY_PROCESS not in asked:
+        synapse = [u for u in synapse if u in asked]
+    others = sorted(u for u in asked - {EVERY_PROCESS} if not is_synapse(u))
     reload = tuple(
-        u
-        for u in reloads
-        if state(u).active
-        and u not in touched
-        and (not is_synapse(u) or u == MAIN_UNIT or u in planned_units)
+        u for u in (*synapse, *others) if state(u).active_state == "active" and u not in touched
     )
-    start_after = tuple(
-        u for u in (TARGET_UNIT, *reloads) if not is_synapse(u) and not state(u).active
-    )
+    start_after = tuple(u for u in (TARGET_UNIT, *others) if not state(u).active)
     enable = tuple(
         u
         for u in (MAIN_UNIT, TARGET_UNIT, *(worker_unit(n) for n in planned))

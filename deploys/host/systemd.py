@@ -1,5 +1,6 @@
 """Talk to systemd on the host: read unit states, run the planned actions, report failures.
-Standard library only. What to do is decided by ``units.plan_service_actions`` (pure)."""
+Standard library only. What to do, and in which waves, is decided by ``restarts.plan_restarts``
+(pure)."""
 
 from __future__ import annotations
 
@@ -41,8 +42,10 @@ def unit_states(
     }
 
 
-def run_actions(actions: units.ServiceActions, systemd_dir: str) -> None:
-    for command in actions.commands():
+def run_commands(commands: list[list[str]], systemd_dir: str) -> None:
+    """Run planned ``systemctl`` commands in order; the first that fails raises ApplyError with
+    the state and journal tail of each unit it named that is not active."""
+    for command in commands:
         if command[1] == "disable":
             # Remove the wants links directly: disabling works even when the unit is not-found.
             for unit in command[3:]:

@@ -18,7 +18,8 @@ from deploys.facts.synapse import SynapseHostState
 from deploys.host.journal import JOURNAL_PATH
 from deploys.host.manifest import Account, BatchManifest, Manifest, to_json
 from deploys.host.ownership import is_owned
-from deploys.host.units import EVERY_PROCESS, ServiceActions, plan_service_actions
+from deploys.host.restarts import RestartPlan, RestartSpec, parse_topology, plan_restarts
+from deploys.host.units import EVERY_PROCESS
 from deploys.operations.files import (
     SECRET_MASK,
     apply_command,
@@ -39,6 +40,7 @@ def apply_desired_state(
     home: str,
     systemd_dir: str,
     lock_timeout: int,
+    restarts: RestartSpec,
 ):
     """
     Converge every file, worker and unit of a Synapse host: write new and changed files, remove
@@ -53,13 +55,18 @@ def apply_desired_state(
     + home: its home directory (the data directory)
     + systemd_dir: directory for unit files and drop-ins
     + lock_timeout: seconds to wait for another deploy holding the host lock
+    + restarts: how changes reach the processes (``deploys.core.restarts.restart_spec``):
+      strategy, batch size, each worker's class, the shared topology
 
     Changes are applied on the host under a lock (flock on ``/run/lock/pyinfra-synapse.lock``):
     each file is written to a temporary file in its directory and renamed into place, so a cut
     connection never leaves a half-written file. Only the processes affected by what changed are
-    restarted, files with a ``check`` are validated first (and put back if it fails), and the run
-    waits until every (re)started process is ready. A journal of the changes a run owes lets the
-    next run finish one that was killed. A run with nothing to change yields no command.
+    restarted, in ordered waves (``deploys/host/restarts.py``: main first and alone, then each
+    class in batches, Synapse's coupled groups together), each wave ready before the next; a
+    wave that does not become ready stops the run there. Files with a ``check`` are validated
+    first (and put back if it fails). The preview (``--diff``) and the run's log list the waves.
+    A journal of the changes a run owes lets the next run finish one that was killed. A run with
+    nothing to change yields no command.
 
     **Example:**
 
@@ -74,6 +81,7 @@ def apply_desired_state(
             home="/var/lib/matrix-synapse",
             systemd_dir="/etc/systemd/system",
             lock_timeout=600,
+            restarts=restart_spec(settings, plan),
         )
     """
     reloaded_units = reloaded(desired)
@@ -86,8 +94,17 @@ def apply_desired_state(
         reloaded_units=reloaded_units,
     )
     drift = compare(desired, host_state)
-    actions = plan_service_actions(drift.changes(systemd_dir), planned_workers, host_state.units)
-    if drift.left_alone and (not state.is_executing or not state.check_for_changes):
+    # The host plans again under its lock on what it finds then; both run this same planner.
+    actions = plan_restarts(
+        drift.changes(systemd_dir),
+        restarts,
+        planned_workers,
+        host_state.units,
+        parse_topology(host_state.applied_topology),
+    )
+    # The body runs twice (prepare, execute): log once, before the first yield.
+    once = not state.is_executing or not state.check_for_changes
+    if drift.left_alone and once:
         host.log(f"Leaving alone (not ours by name): {', '.join(drift.left_alone)}", logger.info)
     if not drift and not actions:
         host.noop(
@@ -95,9 +112,10 @@ def apply_desired_state(
         )
         return
 
-    # The body runs twice (prepare, execute): show the preview once, before the first yield.
-    if state.config.DIFF and (not state.is_executing or not state.check_for_changes):
+    if state.config.DIFF and once:
         _show_diff(drift, actions)
+    elif once:
+        _log_waves(actions)
 
     manifest, uploads = build_manifest(
         desired,
@@ -107,6 +125,7 @@ def apply_desired_state(
         Account(user=user, group=group, home=home),
         systemd_dir,
         lock_timeout,
+        restarts,
     )
     yield apply_command(archive(to_json(manifest), uploads), "host.apply")
 
@@ -139,6 +158,7 @@ def build_manifest(
     account: Account,
     systemd_dir: str,
     lock_timeout: int,
+    restarts: RestartSpec,
 ) -> tuple[Manifest, list[tuple[str, bytes]]]:
     """The manifest for the host program, and the archive members with the new contents."""
     entries, uploads = file_entries(desired.files, drift.files, host_state.files, lambda f: f.check)
@@ -163,11 +183,12 @@ def build_manifest(
         shared_dirs=tuple(desired.shared_dirs),
         readiness=desired.readiness,
         drain=desired.drain,
+        restarts=restarts,
     )
     return manifest, uploads
 
 
-def _show_diff(drift: Drift, actions: ServiceActions) -> None:
+def _show_diff(drift: Drift, actions: RestartPlan) -> None:
     show_file_diff(drift.files, mask_secret_values)
     for path in drift.directories:
         host.log(f"Will create or fix directory {path}", logger.info)
@@ -178,8 +199,20 @@ def _show_diff(drift: Drift, actions: ServiceActions) -> None:
             "Will finish the restarts an earlier, interrupted run still owes (its journal)",
             logger.info,
         )
-    for command in actions.commands():
+    for command in actions.before_commands():
         host.log(f"Will run: {' '.join(command)}", logger.info)
+    _log_waves(actions)
+    for command in actions.after_commands():
+        host.log(f"Will run: {' '.join(command)}", logger.info)
+
+
+def _log_waves(actions: RestartPlan) -> None:
+    """One line per restart wave, each ready before the next starts."""
+    if actions.topology_changed:
+        changed = ", ".join(actions.topology_changed)
+        host.log(f"Changed shared settings Synapse restarts together: {changed}", logger.info)
+    for line in actions.describe():
+        host.log(line, logger.info)
 
 
 # A YAML (or ini-like) line with a key and a value: `  form_secret: "abc"`, `- as_token: x`.

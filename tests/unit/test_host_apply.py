@@ -32,10 +32,12 @@ import pytest
 from deploys.core.drift import FileState, HostState, compare
 from deploys.core.plan import build_plan
 from deploys.core.render import desired_state
+from deploys.core.restarts import restart_spec
 from deploys.core.settings import parse_settings
 from deploys.host import (
     apply as host_apply,
     readiness as host_readiness,
+    restarts as host_restarts,
     systemd,
     units as host_units,
 )
@@ -101,6 +103,7 @@ class Root:
             Account(ACCOUNT_USER, ACCOUNT_GROUP, f"{self.path}/var/lib/matrix-synapse"),
             settings.systemd_dir,
             5,
+            restart_spec(settings, plan),
         )
         self.runs += 1
         stage = self.tmp / f"stage-{self.runs}"
@@ -510,8 +513,10 @@ def test_nginx_started_by_the_run_is_waited_for_by_its_own_criterion(root: Root)
     nginx_changed = host_units.Change(
         "/etc/nginx/conf.d/x.conf", reloads=frozenset({"nginx.service"})
     )
-    actions = host_units.plan_service_actions([nginx_changed], [], units)
-    assert host_readiness.readiness_units(actions) == ["nginx.service"]  # nothing else restarted
+    spec = restart_spec(root.settings(), build_plan(root.settings(), "host-a"))
+    plan = host_restarts.plan_restarts([nginx_changed], spec, [], units, spec.topology)
+    assert plan.waves == ()  # nothing else restarted
+    assert plan.after_ready_units() == ["nginx.service"]
     assert readiness.reachable["nginx.service"] == ("127.0.0.1", port)
     problem = host_readiness.unit_not_ready("nginx.service", ("loaded", "active"), readiness)
     assert problem is not None and f"127.0.0.1:{port}" in problem
@@ -525,28 +530,134 @@ def test_nginx_started_by_the_run_is_waited_for_by_its_own_criterion(root: Root)
     )
 
 
-def test_readiness_covers_exactly_the_units_the_run_restarted_or_started() -> None:
-    up = host_units.UnitState("loaded", "active", enabled=True)
-    workers = ["generic-0", "generic-1", "pusher-0"]
-    units = {
-        host_units.MAIN_UNIT: up,
-        host_units.TARGET_UNIT: up,
-        "nginx.service": up,
-        **{host_units.worker_unit(w): up for w in workers},
-    }
-    units[host_units.worker_unit("pusher-0")] = host_units.UnitState(
-        "loaded", "failed", enabled=True
-    )
-    change = host_units.Change(
-        "/etc/matrix-synapse/workers/generic-1.yaml", frozenset({"generic-1"})
-    )
-    nginx = host_units.Change("/etc/nginx/conf.d/x.conf", reloads=frozenset({"nginx.service"}))
-    actions = host_units.plan_service_actions([change, nginx], workers, units)
-    # generic-1 restarted, pusher-0 started; nginx (reloaded) and the others are not waited for.
-    assert host_readiness.readiness_units(actions) == [
-        host_units.worker_unit("generic-1"),
-        host_units.worker_unit("pusher-0"),
+# --- The restart waves, run by the host program against a recording systemctl -------------------
+# systemd cannot act on temporary units: a stand-in systemctl on PATH records every command and
+# answers list-units from a file, so the wave loop, its order and its stop on a wave that never
+# becomes ready run for real (the integration tests do it with systemd).
+
+FAKE_SYSTEMCTL = """#!/bin/sh
+echo "$*" >> {log}
+case "$1" in
+  list-units)
+    shift 5
+    for u in "$@"; do
+      case "$u" in *'*'*) cat {known}; continue;; esac
+      if grep -qx "$u" {stuck}; then echo "$u loaded activating start x";
+      else echo "$u loaded active running x"; fi
+    done;;
+  show)
+    shift 2
+    for u in "$@"; do printf 'Id=%s\\nActiveState=activating\\n\\n' "$u"; done;;
+esac
+exit 0
+"""
+
+WAVES = {
+    "matrix_synapse_workers_preset": "little-federation-helper",
+    "matrix_synapse_workers_federation_sender_workers_count": 0,
+    "matrix_synapse_workers_generic_workers_count": 3,
+}
+
+
+@pytest.fixture
+def systemctl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """A recording systemctl (and journalctl) on PATH; ``known`` lists the running units."""
+    bin_dir = tmp_path / "fake-bin"
+    bin_dir.mkdir()
+    paths = {n: tmp_path / f"systemctl.{n}" for n in ("log", "known", "stuck")}
+    for path in paths.values():
+        path.write_text("")
+    script = bin_dir / "systemctl"
+    script.write_text(FAKE_SYSTEMCTL.format(**paths))
+    script.chmod(0o755)
+    journalctl = bin_dir / "journalctl"
+    journalctl.write_text("#!/bin/sh\necho 'last words of the unit'\n")
+    journalctl.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return paths
+
+
+def recorded(systemctl: dict[str, Path]) -> list[str]:
+    return [
+        line
+        for line in systemctl["log"].read_text().splitlines()
+        if not line.startswith(("list-units", "show"))
     ]
+
+
+def waves_manifest(root: Root, systemctl: dict[str, Path]) -> Manifest:
+    """Main and three generic workers running; readiness by systemd state only."""
+    manifest, _ = root.read(**WAVES)
+    units = [
+        host_units.MAIN_UNIT,
+        host_units.TARGET_UNIT,
+        *map(host_units.worker_unit, manifest.planned_workers),
+    ]
+    systemctl["known"].write_text("".join(f"{u} loaded active running x\n" for u in units))
+    restarts = dataclasses.replace(
+        manifest.restarts, state_path=str(root.tmp / "applied-topology.json")
+    )
+    return dataclasses.replace(
+        manifest, readiness=Readiness(timeout=1), restarts=restarts, reloaded_units=()
+    )
+
+
+HOMESERVER_CHANGED = host_units.Change(
+    "/etc/matrix-synapse/homeserver.yaml", frozenset({host_units.EVERY_PROCESS})
+)
+
+
+def test_the_host_runs_the_waves_in_order_main_first_then_one_worker_at_a_time(
+    root: Root, systemctl: dict[str, Path]
+) -> None:
+    manifest = waves_manifest(root, systemctl)
+    plan = host_apply.restart(manifest, [HOMESERVER_CHANGED])
+    workers = [host_units.worker_unit(f"generic-{i}") for i in range(3)]
+    assert recorded(systemctl)[-4:] == [
+        f"restart {host_units.MAIN_UNIT}",
+        f"restart {workers[0]}",
+        f"restart {workers[1]}",
+        f"restart {workers[2]}",
+    ]
+    assert [w["restart"] for w in plan.summary()] == [
+        [host_units.MAIN_UNIT],
+        *[[w] for w in workers],
+    ]
+    # Each wave was checked ready before the next one's command ran.
+    log = systemctl["log"].read_text().splitlines()
+    for unit in workers:
+        restart_at = log.index(f"restart {unit}")
+        assert any(unit in line for line in log[restart_at:] if line.startswith("list-units"))
+
+
+def test_a_wave_that_never_becomes_ready_stops_the_run_there(
+    root: Root, systemctl: dict[str, Path]
+) -> None:
+    manifest = waves_manifest(root, systemctl)
+    stuck = host_units.worker_unit("generic-0")
+    systemctl["stuck"].write_text(stuck + "\n")
+    with pytest.raises(ApplyError) as failed:
+        host_apply.restart(manifest, [HOMESERVER_CHANGED])
+    message = str(failed.value)
+    assert message.startswith(f"restart wave 2/4 ({stuck}) failed: not ready after 1 s")
+    assert "matrix_synapse_readiness_timeout" in message and f"{stuck}: is activating" in message
+    assert "last words of the unit" in message  # its journal tail
+    assert "waves 3 to 4 were not run" in message
+    later = [host_units.worker_unit("generic-1"), host_units.worker_unit("generic-2")]
+    acted = [line for line in recorded(systemctl) if not line.startswith("enable")]
+    assert not [line for line in acted if any(u in line for u in later)], acted
+    assert not Path(manifest.restarts.state_path).exists()  # recorded only once all are ready
+
+
+def test_the_applied_topology_is_recorded_once_every_wave_is_ready(
+    root: Root, systemctl: dict[str, Path]
+) -> None:
+    manifest = waves_manifest(root, systemctl)
+    host_apply.restart(manifest, [HOMESERVER_CHANGED])
+    host_apply.record_topology(manifest.restarts)
+    state = Path(manifest.restarts.state_path)
+    assert host_restarts.parse_topology(state.read_text()) == manifest.restarts.topology
+    assert stat.S_IMODE(state.stat().st_mode) == 0o644
 
 
 # --- Bug 10: Redis and the error path ---------------------------------------------------------

@@ -12,13 +12,13 @@ from deploys.core.drift import change_of
 from deploys.core.plan import build_plan
 from deploys.core.render import desired_state, paths_for
 from deploys.core.settings import parse_settings
+from deploys.host.restarts import RestartPlan, RestartSpec, Topology, plan_restarts
 from deploys.host.units import (
     EVERY_PROCESS,
     MAIN_UNIT,
     TARGET_UNIT,
     Change,
     UnitState,
-    plan_service_actions,
     worker_unit,
 )
 from deploys.operations.synapse import reloaded
@@ -30,8 +30,32 @@ UP = UnitState("loaded", "active", enabled=True)
 LOG = Change("/etc/matrix-synapse/log.yaml", reloads=frozenset({EVERY_PROCESS}))
 
 
+SPEC = RestartSpec(
+    strategy="rolling",
+    batch_percent=20,
+    classes={"generic-0": "generic", "generic-1": "generic", "pusher-0": "pusher"},
+    topology=Topology(pushers=("pusher-0",)),
+    topology_file="/etc/matrix-synapse/conf.d/workers.yaml",
+)
+
+
 def all_up() -> dict[str, UnitState]:
     return {MAIN_UNIT: UP, TARGET_UNIT: UP, **{worker_unit(w): UP for w in WORKERS}}
+
+
+def plan_service_actions(
+    changes: list[Change], workers: list[str], units: dict[str, UnitState]
+) -> RestartPlan:
+    """The restart planner with the topology unchanged."""
+    return plan_restarts(changes, SPEC, workers, units, SPEC.topology)
+
+
+def restarted(plan: RestartPlan) -> list[str]:
+    return [u for w in plan.waves for u in w.restart]
+
+
+def started(plan: RestartPlan) -> list[str]:
+    return [u for w in plan.waves for u in w.start]
 
 
 def test_the_log_config_reloads_every_synapse_process_and_restarts_none() -> None:
@@ -58,7 +82,7 @@ def test_both_units_send_sighup_on_reload() -> None:
 def test_a_log_change_is_one_reload_of_main_and_every_worker() -> None:
     actions = plan_service_actions([LOG], WORKERS, all_up())
     assert actions.commands() == [["systemctl", "reload", MAIN_UNIT, *map(worker_unit, WORKERS)]]
-    assert not actions.restart_main and actions.restart_workers == ()
+    assert actions.waves == ()
 
 
 def test_processes_this_run_restarts_or_starts_are_not_also_reloaded() -> None:
@@ -66,12 +90,12 @@ def test_processes_this_run_restarts_or_starts_are_not_also_reloaded() -> None:
     del units[worker_unit("pusher-0")]  # new: started with the new log config
     own = Change("/etc/matrix-synapse/workers/generic-1.yaml", frozenset({"generic-1"}))
     actions = plan_service_actions([LOG, own], WORKERS, units)
-    assert actions.restart_workers == (worker_unit("generic-1"),)
-    assert actions.start == (worker_unit("pusher-0"),)
+    assert restarted(actions) == [worker_unit("generic-1")]
+    assert started(actions) == [worker_unit("pusher-0")]
     assert actions.reload == (MAIN_UNIT, worker_unit("generic-0"))
     everyone = Change("/etc/matrix-synapse/homeserver.yaml", frozenset({EVERY_PROCESS}))
     all_restart = plan_service_actions([LOG, everyone], WORKERS, all_up())
-    assert all_restart.restart_main and len(all_restart.restart_workers) == 3
+    assert restarted(all_restart)[0] == MAIN_UNIT and len(restarted(all_restart)) == 4
     assert all_restart.reload == ()
 
 
@@ -81,8 +105,8 @@ def test_a_process_still_starting_is_restarted_not_sent_a_sighup() -> None:
     units[worker_unit("generic-0")] = UnitState("loaded", "activating", enabled=True)
     units[worker_unit("generic-1")] = UnitState("loaded", "failed", enabled=True)
     actions = plan_service_actions([LOG], WORKERS, units)
-    assert actions.restart_workers == (worker_unit("generic-0"),)
-    assert actions.start == (worker_unit("generic-1"),)
+    assert restarted(actions) == [worker_unit("generic-0")]
+    assert started(actions) == [worker_unit("generic-1")]
     assert actions.reload == (MAIN_UNIT, worker_unit("pusher-0"))
 
 

@@ -21,12 +21,14 @@ from deploys.core.drift import FileState, HostState, sha256
 from deploys.core.plan import build_plan
 from deploys.core.postgres import ConnectionRule
 from deploys.core.render import desired_state
+from deploys.core.restarts import restart_spec, topology
 from deploys.core.settings import parse_settings
 from deploys.facts.files import FileLines, FileStates
 from deploys.facts.install import Installation, SynapseInstallation
 from deploys.facts.postgres import Database, PostgresDatabase
 from deploys.facts.synapse import SynapseHostState
 from deploys.host.manifest import BatchManifest, Manifest, from_json
+from deploys.host.restarts import topology_json
 from deploys.host.units import MAIN_UNIT, TARGET_UNIT, UnitState, worker_unit
 from deploys.operations.files import BatchFile, batch
 from deploys.operations.install import install_synapse
@@ -209,16 +211,18 @@ def synapse_converged(desired, workers: list[str]) -> HostState:
     return HostState(files=files, directories=directories, units=units)
 
 
-def synapse_case(mutate) -> tuple[list[str], Any]:
-    settings = parse_settings(make_data(matrix_synapse_workers_enabled=True))
+def synapse_case(mutate, diff: bool = False, **overrides: Any) -> tuple[list[str], Any]:
+    settings = parse_settings(make_data(matrix_synapse_workers_enabled=True, **overrides))
     plan = build_plan(settings, "h")
     desired = desired_state(settings, plan)
     workers = [w.name for w in plan.workers]
     state = synapse_converged(desired, workers)
+    state.applied_topology = topology_json(topology(plan))
     mutate(state, desired)
     outcome = run_operation(
         apply_desired_state,
-        {SynapseHostState: state},
+        {SynapseHostState: state, FileLines: {}},
+        diff=diff,
         desired=desired,
         planned_workers=workers,
         user="matrix-synapse",
@@ -226,6 +230,7 @@ def synapse_case(mutate) -> tuple[list[str], Any]:
         home="/var/lib/matrix-synapse",
         systemd_dir=settings.systemd_dir,
         lock_timeout=settings.deploy_lock_timeout,
+        restarts=restart_spec(settings, plan),
     )
     return outcome.shell, outcome
 
@@ -280,6 +285,26 @@ def test_apply_desired_state(mutate, payloads: list[str] | None, secrets_missing
         "matrix-synapse",
         "/var/lib/matrix-synapse",
     )
+
+
+def test_the_preview_and_the_run_log_print_the_restart_waves() -> None:
+    generic = {
+        "matrix_synapse_workers_preset": "little-federation-helper",
+        "matrix_synapse_workers_generic_workers_count": 2,
+    }
+    for diff in (True, False):
+        _, outcome = synapse_case(_modify("/homeserver.yaml"), diff=diff, **generic)
+        waves = [line for line in outcome.host.logs if line.startswith("Wave ")]
+        assert waves == [
+            f"Wave 1/3: restart {MAIN_UNIT} (homeserver.yaml changed)",
+            f"Wave 2/3: restart {worker_unit('generic-0')}, "
+            f"{worker_unit('federation-sender-0')} (homeserver.yaml changed)",
+            f"Wave 3/3: restart {worker_unit('generic-1')} (homeserver.yaml changed)",
+        ], diff
+    _, outcome = synapse_case(
+        _modify("/homeserver.yaml"), matrix_synapse_restart_strategy="all-at-once", **generic
+    )
+    assert len([line for line in outcome.host.logs if line.startswith("Wave ")]) == 1
 
 
 def test_batch_previews_each_change_once_with_diff() -> None:

@@ -12,6 +12,7 @@ import pytest
 from deploys.core.drift import FileState, HostState, compare
 from deploys.core.plan import build_plan
 from deploys.core.render import desired_state
+from deploys.core.restarts import restart_spec
 from deploys.core.settings import parse_settings
 from deploys.host import apply as host_apply, batch, prerequisites
 from deploys.host.manifest import Account, BatchManifest, FileEntry, Manifest, Readiness
@@ -83,6 +84,7 @@ def test_controller_and_host_agree_on_stale_and_foreign_files(tmp_path: Path) ->
         shared_dirs=desired.shared_dirs,
         readiness=Readiness(0),
         drain=None,
+        restarts=restart_spec(settings, build_plan(settings, "h")),
     )
     host_stale = batch.find_stale(manifest.batch)
 

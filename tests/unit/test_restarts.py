@@ -460,14 +460,18 @@ def test_nginx_is_reloaded_after_the_waves_when_running_and_started_otherwise() 
 
 def test_a_synapse_reload_is_a_sighup_only_for_processes_no_wave_restarts() -> None:
     spec, workers = generic(2)
-    every_unit = frozenset({MAIN_UNIT, *map(worker_unit, workers)})
-    log = Change("/etc/matrix-synapse/log.yaml", reloads=every_unit)
+    log = Change("/etc/matrix-synapse/log.yaml", reloads=frozenset({EVERY_PROCESS}))
     result = plan([log], spec, workers)
     assert result.waves == ()
-    assert result.commands() == [["systemctl", "reload", *sorted(every_unit)]]
+    assert result.commands() == [["systemctl", "reload", MAIN_UNIT, *map(worker_unit, workers)]]
     own = Change("/etc/matrix-synapse/workers/generic-0.yaml", frozenset({"generic-0"}))
     result = plan([log, own], spec, workers)
-    assert result.reload == tuple(sorted(every_unit - {worker_unit("generic-0")}))
+    assert result.reload == (MAIN_UNIT, worker_unit("generic-1"))
+    units = running(workers)
+    units[worker_unit("generic-1")] = UnitState("loaded", "activating", enabled=True)
+    result = plan([log], spec, workers, units=units)  # no SIGHUP handler yet: restarted
+    assert [w.restart for w in result.waves] == [(worker_unit("generic-1"),)]
+    assert result.reload == (MAIN_UNIT, worker_unit("generic-0"))
 
 
 # --- Invariants over many scenarios -------------------------------------------------------------
