@@ -22,16 +22,20 @@ The controller (deploys/operations/synapse.py) uploads one archive holding this 
 8. plans the restart waves (``restarts.plan_restarts``) from what changed (this run's changes
    and the owed ones), the unit states found now and the topology last applied here
    (``RestartSpec.state_path``); stops and disables stale units, reloads systemd and enables
-   planned units; then, wave by wave: runs the wave's commands and waits until every unit it
-   (re)started is ready, each by its own criterion (``readiness.unit_not_ready``), before the
-   next wave starts. A wave that is not ready within the timeout stops the run there: later
-   waves do not run (their processes keep serving with the previous config), the error names
-   the wave, its units and why, and the journal stays, so the next run finishes the work;
+   planned units; then, wave by wave: drains the processes the wave stops out of nginx
+   (``drain.drain``: their servers marked ``down``, nginx reloaded, a grace for requests in
+   flight; only when nginx runs), runs the wave's commands, waits until every unit it
+   (re)started is ready, each by its own criterion (``readiness.unit_not_ready``), and puts the
+   managed routing file back (``drain.undrain``) before the next wave starts. A wave that is
+   not ready within the timeout stops the run there: later waves do not run (their processes
+   keep serving with the previous config), the error names the wave, its units and why, and
+   the journal stays, so the next run finishes the work;
 9. after the waves: starts the target (and nginx if it was stopped), reloads what reloads
    (nginx; Synapse processes no wave restarted, by SIGHUP), stops stale workers nginx no longer
-   routes to, and waits until nginx is ready and, if a Synapse process was (re)started, Redis
-   counts every planned process subscribed; only then records the applied topology and removes
-   the journal: nothing is owed any more.
+   routes to (after nginx reloaded without them and a grace of ``drain.grace`` seconds), and
+   waits until nginx is ready and, if a Synapse process was (re)started, Redis counts every
+   planned process subscribed; only then records the applied topology and removes the journal:
+   nothing is owed any more.
 
 It prints one JSON summary line prefixed ``pyinfra-synapse:``, listing the waves.
 """
@@ -42,6 +46,7 @@ import json
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +54,7 @@ from typing import Any
 from . import (
     batch,
     checks,
+    drain,
     files,
     journal,
     ownership,
@@ -59,7 +65,7 @@ from . import (
     units,
 )
 from .batch import ApplyError
-from .manifest import Manifest, ManifestError, from_json
+from .manifest import DrainSpec, Manifest, ManifestError, from_json
 
 NO_PROCESS = " and no process was touched"
 
@@ -143,23 +149,43 @@ def restart(manifest: Manifest, changes: list[units.Change]) -> restarts.Restart
     applied = restarts.parse_topology(read_state(manifest.restarts.state_path))
     plan = restarts.plan_restarts(changes, manifest.restarts, planned, found, applied)
     systemd.run_commands(plan.before_commands(), manifest.systemd_dir)
+    # Drain only through a running nginx (a cold start has nothing to drain).
+    spec = manifest.drain
+    nginx_up = spec is not None and found.get(spec.unit, units.UnitState()).active
     for number, wave in enumerate(plan.waves, 1):
-        run_wave(manifest, plan, number, wave)
+        run_wave(manifest, plan, number, wave, spec if nginx_up else None)
     systemd.run_commands(plan.after_commands(), manifest.systemd_dir)
+    if plan.stop_after:
+        # nginx was just reloaded without them: let its old workers finish their requests.
+        time.sleep(spec.grace if spec is not None else 0)
+        systemd.run_commands(plan.stop_after_commands(), manifest.systemd_dir)
     readiness.wait_until_ready(
         plan.after_ready_units(), manifest.readiness, redis=plan.synapse_restarted()
     )
     return plan
 
 
-def run_wave(manifest: Manifest, plan: restarts.RestartPlan, number: int, wave: restarts.Wave):
-    """One wave: its commands, then every unit it (re)started ready. On a failure no later wave
-    runs; the error names the wave, its units and why."""
+def run_wave(
+    manifest: Manifest,
+    plan: restarts.RestartPlan,
+    number: int,
+    wave: restarts.Wave,
+    nginx: DrainSpec | None,
+) -> None:
+    """One wave: nginx stops sending requests to the processes it stops (``drain``), its
+    commands, every unit it (re)started ready, then nginx's routing file back (``undrain``).
+    On a failure no later wave runs, and the failed wave's processes stay drained (the next run
+    writes the routing file back); the error names the wave, its units and why."""
     count = len(plan.waves)
     batch.report(f"pyinfra-synapse: wave {number}/{count}: {wave.describe()}", sys.stderr)
     try:
+        stopping = wave.stopping()
+        if nginx is not None and stopping:
+            drain.drain(nginx, stopping)
         systemd.run_commands(wave.commands(), manifest.systemd_dir)
         readiness.wait_until_ready(wave.ready_units(), manifest.readiness)
+        if nginx is not None and stopping:
+            drain.undrain(nginx)
     except ApplyError as error:
         later = (
             f"waves {number + 1} to {count} were not run: their processes still run the "

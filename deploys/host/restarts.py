@@ -118,6 +118,14 @@ class Wave:
         """The units that must be ready before the next wave: everything (re)started."""
         return [*self.restart, *self.stop_start, *self.start]
 
+    def stopping(self) -> list[str]:
+        """The processes this wave stops (restarted ones included), by name: what nginx must
+        stop sending requests to first (``host/drain.py``)."""
+        return [
+            MAIN if u == MAIN_UNIT else worker_name(u) or u
+            for u in (*self.restart, *self.stop_start, *self.stop)
+        ]
+
     def commands(self) -> list[list[str]]:
         commands: list[list[str]] = []
         if self.stop_start or self.stop:
@@ -191,14 +199,16 @@ class RestartPlan:
         return commands
 
     def after_commands(self) -> list[list[str]]:
+        """After the waves: start and reload (then, after a grace, ``stop_after_commands``)."""
         commands: list[list[str]] = []
         if self.start_after:
             commands.append(["systemctl", "start", *self.start_after])
         if self.reload:
             commands.append(["systemctl", "reload", *self.reload])
-        if self.stop_after:
-            commands.append(["systemctl", "stop", *self.stop_after])
         return commands
+
+    def stop_after_commands(self) -> list[list[str]]:
+        return [["systemctl", "stop", *self.stop_after]] if self.stop_after else []
 
     def commands(self) -> list[list[str]]:
         """Every ``systemctl`` command, in the order they run."""
@@ -206,6 +216,7 @@ class RestartPlan:
             *self.before_commands(),
             *(c for wave in self.waves for c in wave.commands()),
             *self.after_commands(),
+            *self.stop_after_commands(),
         ]
 
     def after_ready_units(self) -> list[str]:
