@@ -1,4 +1,6 @@
-"""Changing the Synapse pin upgrades the running cluster and restarts every process into it."""
+"""Changing the Synapse pin upgrades the running cluster and restarts every process into it, in
+order: the virtualenv is upgraded first (install component), then main restarts alone (its
+schema migration) and is ready before any worker stops."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from typing import Any
 import pytest
 
 from deploys.core.settings import load_defaults
+from deploys.host.units import MAIN_UNIT
 from tests.support.deploying import assert_no_changes, main_pids, pyinfra, write_inventory
 from tests.support.synapse_tree import (
     E2E_SETTINGS,
@@ -31,6 +34,22 @@ def installed_version(host: TestHost) -> str:
     return host.ssh(
         "/opt/venvs/matrix-synapse/bin/python -c 'import synapse; print(synapse.__version__)'"
     ).stdout.strip()
+
+
+def start_stop_times(host: TestHost) -> dict[str, tuple[int, int]]:
+    """unit -> (when it last stopped being active, when it last became active), µs monotonic."""
+    out = host.ssh(
+        "systemctl show --property=Id,ActiveExitTimestampMonotonic,"
+        "ActiveEnterTimestampMonotonic 'matrix-synapse*.service'"
+    ).stdout
+    times = {}
+    for block in out.strip().split("\n\n"):
+        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        times[props["Id"]] = (
+            int(props["ActiveExitTimestampMonotonic"]),
+            int(props["ActiveEnterTimestampMonotonic"]),
+        )
+    return times
 
 
 def test_a_new_pin_upgrades_synapse_and_restarts_every_process(
@@ -63,4 +82,10 @@ def test_a_new_pin_upgrades_synapse_and_restarts_every_process(
     after = main_pids(host)
     processes = [u for u in before if u.endswith(".service")]
     assert len(processes) == 2 and all(before[u] != after[u] for u in processes)
+    # Main first: it migrated the schema and was active again before any worker stopped.
+    assert f"Wave 1/2: restart {MAIN_UNIT} (homeserver.yaml changed)" in upgrade.output
+    times = start_stop_times(host)
+    main_back = times[MAIN_UNIT][1]
+    workers = [u for u in times if u != MAIN_UNIT]
+    assert workers and all(times[u][0] > main_back for u in workers), times
     assert_no_changes(deploy(CURRENT_VERSION), host.name, commands=None)

@@ -88,6 +88,7 @@ def test_a_shared_change_rolls_main_first_then_the_class_never_all_down(
 
     run = deploy(tmp_path, host, settings("20M", **batches), "-y")
     assert run.returncode == 0, run.output[-3000:]
+    assert f"Wave 1/3: restart {MAIN} (homeserver.yaml changed)" in run.output  # logged too
     after = timestamps(host)
     for unit in (MAIN, *FRONTS):  # every process restarted once by this run
         assert (
