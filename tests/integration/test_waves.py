@@ -5,6 +5,7 @@ there, later waves untouched; the next run converges and the one after changes n
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +150,74 @@ def test_a_wave_that_never_becomes_ready_stops_the_run_and_later_waves_do_not_ru
         != 0
     )
     assert_no_changes(deploy(tmp_path, host, settings("20M", **one_at_a_time)), host.name)
+
+
+def unit_times(host: TestHost, units: list[str]) -> dict[str, dict[str, int]]:
+    """unit -> its InactiveExit (start began), ActiveEnter and ActiveExit timestamps (µs)."""
+    props = (
+        "InactiveExitTimestampMonotonic,ActiveEnterTimestampMonotonic,ActiveExitTimestampMonotonic"
+    )
+    out = host.ssh(f"systemctl show --property=Id,{props} {' '.join(units)}").stdout
+    found = {}
+    for block in out.strip().split("\n\n"):
+        fields = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        found[fields["Id"]] = {k: int(v) for k, v in fields.items() if k != "Id"}
+    return found
+
+
+def senders(count: int) -> dict[str, Any]:
+    return {
+        "matrix_synapse_workers_enabled": True,
+        "matrix_synapse_workers_preset": "little-federation-helper",
+        "matrix_synapse_workers_federation_sender_workers_count": count,
+    }
+
+
+def test_a_federation_sender_change_stops_every_sender_then_starts_them(
+    tmp_path: Path, host: TestHost
+) -> None:
+    first = deploy(tmp_path, host, senders(2), "-y")
+    assert first.returncode == 0, first.output[-3000:]
+    units = [f"matrix-synapse-worker@federation-sender-{i}.service" for i in range(3)]
+    run = deploy(tmp_path, host, senders(3), "-y")
+    assert run.returncode == 0, run.output[-3000:]
+    assert f"Wave 1/2: restart {MAIN} (workers.yaml changed)" in run.output
+    assert (
+        f"Wave 2/2: stop then start {units[0]}, {units[1]} (federation_sender_instances changed:"
+        in run.output
+    )
+    times = unit_times(host, [MAIN, *units])
+    main_back = times[MAIN]["ActiveEnterTimestampMonotonic"]
+    stopped = [times[u]["ActiveExitTimestampMonotonic"] for u in units[:2]]
+    started = [times[u]["InactiveExitTimestampMonotonic"] for u in units]
+    assert main_back < min(stopped)  # main first, ready
+    assert max(stopped) < min(started)  # every old sender stopped before any sender started
+    assert_no_changes(deploy(tmp_path, host, senders(3)), host.name)
+
+
+def test_new_workers_start_in_waves_and_running_ones_are_not_restarted(
+    tmp_path: Path, host: TestHost
+) -> None:
+    def generic(count: int) -> dict[str, Any]:
+        return {**senders(0), "matrix_synapse_workers_generic_workers_count": count}
+
+    first = deploy(tmp_path, host, generic(2), "-y")
+    assert first.returncode == 0, first.output[-3000:]
+    units = [f"matrix-synapse-worker@generic-{i}.service" for i in range(6)]
+    before = unit_times(host, [MAIN, *units[:2]])
+    run = deploy(tmp_path, host, generic(6), "-y")  # 20 % of 6: one new worker per wave
+    assert run.returncode == 0, run.output[-3000:]
+    for number, unit in enumerate(units[2:], 1):
+        assert f"Wave {number}/4: start {unit} (new worker)" in run.output
+    times = unit_times(host, [MAIN, *units])
+    assert {u: times[u] for u in before} == before  # nothing running was restarted
+    for earlier, later in itertools.pairwise(units[2:]):  # each ready before the next
+        assert (
+            times[earlier]["ActiveEnterTimestampMonotonic"]
+            < times[later]["InactiveExitTimestampMonotonic"]
+        )
+    shrink = deploy(tmp_path, host, generic(2), "-y")
+    assert shrink.returncode == 0, shrink.output[-3000:]
+    states = host.ssh(f"systemctl is-active {' '.join(units)}", check=False).stdout.split()
+    assert states == ["active"] * 2 + ["inactive"] * 4
+    assert_no_changes(deploy(tmp_path, host, generic(2)), host.name)

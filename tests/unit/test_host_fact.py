@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from deploys.facts.synapse import MachineId, SynapseHostState
+from deploys.host.restarts import Topology, parse_topology, topology_json
 from deploys.host.units import UnitState
 
 LIST_UNITS = """\
@@ -143,3 +144,19 @@ def test_the_journal_is_reported(root: Path, tmp_path: Path) -> None:
 )
 def test_machine_id(output: list[str], expected: str) -> None:
     assert MachineId().process(output) == expected
+
+
+def test_the_fact_reads_the_applied_topology_in_the_same_command(
+    root: Path, tmp_path: Path
+) -> None:
+    fake_systemctl(tmp_path / "bin", LIST_UNITS)
+    state = root / "applied-topology.json"
+    result = run_fact(root, tmp_path / "bin", state_path=str(state))
+    assert result.returncode == 0, result.stderr
+    assert SynapseHostState().process(result.stdout.splitlines()).applied_topology is None
+    topology = Topology(("stream-writer-0-events",), ("federation-sender-0",), ())
+    state.write_text(topology_json(topology) + "\n")
+    result = run_fact(root, tmp_path / "bin", state_path=str(state))
+    assert result.returncode == 0, result.stderr
+    read = SynapseHostState().process(result.stdout.splitlines()).applied_topology
+    assert parse_topology(read) == topology
