@@ -159,7 +159,7 @@ matrix_synapse_tls_http_port = 80
 # Federation's own TLS port (what other servers use without delegation); None: none.
 matrix_synapse_tls_federation_port = 8448
 # The certificate (full chain) and key nginx serves. "files": yours, readable by root; "acme":
-# where the deploy keeps certbot's current certificate (0644 and 0600, copied on each renewal).
+# where the deploy keeps certbot's current certificate (0640 and 0600, copied on each renewal).
 matrix_synapse_tls_certificate_path = "/etc/nginx/matrix-synapse-tls/fullchain.pem"
 matrix_synapse_tls_key_path = "/etc/nginx/matrix-synapse-tls/privkey.pem"
 # The ACME directory; a private ACME server works (see matrix_synapse_tls_acme_ca_bundle).

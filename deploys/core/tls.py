@@ -110,7 +110,7 @@ def deploy_hook(tls: TlsSettings) -> str:
     serves (key 0600, written to a temporary name first) and reload nginx (never restart)."""
     cert, key = shlex.quote(tls.certificate_path), shlex.quote(tls.key_path)
     return (
-        f'install -D -m 0644 "$RENEWED_LINEAGE/fullchain.pem" {cert}.new && '
+        f'install -D -m 0640 "$RENEWED_LINEAGE/fullchain.pem" {cert}.new && '
         f'install -D -m 0600 "$RENEWED_LINEAGE/privkey.pem" {key}.new && '
         f"mv -f {key}.new {key} && mv -f {cert}.new {cert} && "
         "systemctl reload nginx"
@@ -133,9 +133,9 @@ def certbot_command(tls: TlsSettings, names: tuple[str, ...]) -> str:
         tls.acme_directory_url,
         "--deploy-hook",
         deploy_hook(tls),
-        # The names changed, or the placeholder is still served: a new certificate now.
-        "--expand",
-        "--keep-until-expiring",
+        # The deploy runs certbot only when the lineage must change (new names, directory or
+        # hook): renew now, or certbot would keep an unexpired certificate and its old config.
+        "--force-renewal",
     ]
     if tls.acme_email:
         args += ["--email", tls.acme_email, "--no-eff-email"]
@@ -157,7 +157,7 @@ def placeholder_command(tls: TlsSettings, names: tuple[str, ...]) -> str:
     return (
         f"mkdir -p $(dirname {cert}) $(dirname {key}) && umask 077 && "
         "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 "
-        f"-subj {subject} -addext {san} -keyout {key} -out {cert} 2>&1 && chmod 0644 {cert}"
+        f"-subj {subject} -addext {san} -keyout {key} -out {cert} 2>&1 && chmod 0640 {cert}"
     )
 
 

@@ -26,6 +26,7 @@ fi
 [ -e "$key" ] && echo "key_present"
 if [ -n "$lineage" ] && [ -e "$LE/renewal/$lineage.conf" ]; then
   echo "lineage_server $(sed -n 's/^server *= *//p' "$LE/renewal/$lineage.conf")"
+  echo "lineage_hook $(sed -n 's/^renew_hook *= *//p' "$LE/renewal/$lineage.conf")"
   echo "lineage_fp $(fp "$LE/live/$lineage/fullchain.pem")"
   echo "lineage_names $(names "$LE/live/$lineage/cert.pem")"
 fi
@@ -41,6 +42,7 @@ class Certificates:
     key_present: bool = False
     lineage_server: str | None = None  # None: certbot has no lineage by that name
     lineage_fingerprint: str | None = None
+    lineage_hook: str | None = None  # the deploy hook certbot saved for renewals
     lineage_names: tuple[str, ...] = ()
 
 
@@ -48,7 +50,8 @@ class TlsCertificates(FactBase[Certificates]):
     """
     Returns the served certificate's SHA-256 fingerprint and names (and whether it is the deploy's
     self-signed placeholder), whether the key exists, and certbot's lineage: its ACME server,
-    fingerprint and names. One command; needs ``openssl`` for the certificate details.
+    saved deploy hook, fingerprint and names. One command; needs ``openssl`` for the
+    certificate details.
 
     + certificate_path: the certificate nginx serves
     + key_path: its key
@@ -89,5 +92,6 @@ class TlsCertificates(FactBase[Certificates]):
             key_present="key_present" in found,
             lineage_server=found.get("lineage_server") or None,
             lineage_fingerprint=found.get("lineage_fp") or None,
+            lineage_hook=found.get("lineage_hook") or None,
             lineage_names=tuple(found.get("lineage_names", "").split()),
         )

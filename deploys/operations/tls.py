@@ -55,7 +55,8 @@ def acme_certificate(
     """
     Have certbot's certificate for ``names`` from ``directory_url`` served: run
     ``certbot certonly --webroot`` when there is no lineage yet, or its names or ACME server
-    changed (its deploy hook copies the result to the served paths and reloads nginx); run only
+    changed, or its saved deploy hook is not this one (e.g. the served paths moved; the hook
+    copies the result to the served paths and reloads nginx); run only
     the deploy hook when the lineage is right but something else is served (e.g. the
     placeholder). Renewals are certbot's own timer's. A failure names the directory setting and
     leaves the served certificate and nginx as they were.
@@ -83,7 +84,8 @@ def acme_certificate(
         TlsCertificates, certificate_path=certificate_path, key_path=key_path, lineage=lineage
     )
     wanted = tuple(sorted(names))
-    if found.lineage_server == directory_url and found.lineage_names == wanted:
+    same = (found.lineage_server, found.lineage_names, found.lineage_hook)
+    if same == (directory_url, wanted, deploy_hook):
         if found.lineage_fingerprint and found.served_fingerprint == found.lineage_fingerprint:
             host.noop(f"certbot's certificate for {', '.join(names)} is served")
             return

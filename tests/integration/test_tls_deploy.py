@@ -102,7 +102,7 @@ def test_acme_certificate_served_with_the_same_routing(
     subject = web.ssh(f"openssl x509 -in {CERT} -noout -subject -issuer -ext subjectAltName")
     assert "issuer=CN = Pebble Intermediate CA" in subject.stdout, subject.stdout
     assert "DNS:hs-b.test" in subject.stdout
-    assert web.ssh(f"stat -c '%a %U' {KEY}").stdout.strip() == "600 root"
+    assert web.ssh(f"stat -c '%a %U' {KEY} {CERT}").stdout.split() == ["600", "root", "640", "root"]
     for url in ("https://hs-b.test/_matrix/client/versions", "https://hs-b.test:8448/x"):
         reply = fetch(client, url)
         assert reply["status"] == 200, reply
@@ -143,6 +143,30 @@ def test_acme_certificate_served_with_the_same_routing(
     assert main_pids(web) == pids
     assert fetch(client, "https://hs-b.test/_matrix/client/versions")["status"] == 200
     assert_no_changes(deploy(tmp_path, web, data), web.name, commands=None)
+
+
+def test_moved_certificate_paths_get_a_new_hook_and_the_certificate(
+    tmp_path: Path, pair: tuple[Pebble, TestHost]
+) -> None:
+    """Changing where nginx reads the certificate re-runs certbot, so the hook it saves for
+    renewals copies to the new paths; the run after converges."""
+    pebble, web = pair
+    data = tls_data(pebble, web)
+    assert deploy(tmp_path, web, data, "-y").returncode == 0
+    moved = {
+        **data,
+        "matrix_synapse_tls_certificate_path": "/etc/nginx/tls2/fullchain.pem",
+        "matrix_synapse_tls_key_path": "/etc/nginx/tls2/privkey.pem",
+    }
+    run = deploy(tmp_path, web, moved, "-y")
+    assert run.returncode == 0, run.output[-4000:]
+    hook = web.ssh("grep ^renew_hook /etc/letsencrypt/renewal/hs-b.test.conf").stdout
+    assert "/etc/nginx/tls2/fullchain.pem" in hook and "/etc/nginx/matrix-synapse-tls" not in hook
+    live = web.ssh("openssl x509 -in /etc/letsencrypt/live/hs-b.test/cert.pem -noout -serial")
+    served = web.ssh("openssl x509 -in /etc/nginx/tls2/fullchain.pem -noout -serial")
+    assert live.stdout == served.stdout
+    assert fetch(pebble.host, "https://hs-b.test/_matrix/client/versions")["status"] == 200
+    assert_no_changes(deploy(tmp_path, web, moved), web.name, commands=None)
 
 
 def test_admin_api_and_metrics_opened_by_settings(
