@@ -115,8 +115,9 @@ matrix_synapse_restart_strategy = "rolling"
 # Percentage of a class's processes (e.g. the generic workers) restarted per wave, 1 to 50:
 # rounded down, at least 1, and always fewer than the whole class when it has two or more.
 matrix_synapse_restart_batch_percent = 20
-# Seconds between nginx no longer sending new requests to a process and the process stopping,
-# so requests in flight can end.
+# At most this many seconds between nginx no longer sending new requests to a process and the
+# process stopping; the wait ends as soon as none of its requests is in flight. A long poll
+# (/sync) still open then is cut, and nginx passes it once to another worker of the class.
 matrix_synapse_restart_drain_seconds = 2
 
 # ---------------------------------------------------------------------------------------------

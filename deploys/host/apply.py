@@ -23,10 +23,11 @@ The controller (deploys/operations/synapse.py) uploads one archive holding this 
    and the owed ones), the unit states found now and the topology last applied here
    (``RestartSpec.state_path``); stops and disables stale units, reloads systemd and enables
    planned units; then, wave by wave: drains the processes the wave stops out of nginx
-   (``drain.drain``: their servers marked ``down``, nginx reloaded, a grace for requests in
-   flight; only when nginx runs), runs the wave's commands, waits until every unit it
-   (re)started is ready, each by its own criterion (``readiness.unit_not_ready``), and puts the
-   managed routing file back (``drain.undrain``) before the next wave starts. A wave that is
+   (``drain.before_wave``: their servers marked ``down``, nginx reloaded, requests in flight
+   given up to ``drain.grace`` seconds; new workers down until they run; only when nginx runs),
+   runs the wave's commands, waits until every unit it (re)started is ready, each by its own
+   criterion (``readiness.unit_not_ready``), and puts the managed routing file back
+   (``drain.after_wave``) before the next wave starts. A wave that is
    not ready within the timeout stops the run there: later waves do not run (their processes
    keep serving with the previous config), the error names the wave, its units and why, and
    the journal stays, so the next run finishes the work;
@@ -172,20 +173,24 @@ def run_wave(
     wave: restarts.Wave,
     nginx: DrainSpec | None,
 ) -> None:
-    """One wave: nginx stops sending requests to the processes it stops (``drain``), its
-    commands, every unit it (re)started ready, then nginx's routing file back (``undrain``).
+    """One wave: nginx stops sending requests to the processes it stops (``drain.before_wave``:
+    also to the new workers this or a later wave starts), its commands, every unit it
+    (re)started ready, then nginx's routing file back (``drain.after_wave``: but for the new
+    workers later waves start).
     On a failure no later wave runs, and the failed wave's processes stay drained (the next run
     writes the routing file back); the error names the wave, its units and why."""
     count = len(plan.waves)
     batch.report(f"pyinfra-synapse: wave {number}/{count}: {wave.describe()}", sys.stderr)
     try:
-        stopping = wave.stopping()
-        if nginx is not None and stopping:
-            drain.drain(nginx, stopping)
+        # New workers (started by this wave or a later one) stay down in nginx until they run.
+        later = [drain.process_name(u) or u for w in plan.waves[number:] for u in w.start]
+        if nginx is not None:
+            starting = [drain.process_name(u) or u for u in wave.start]
+            drain.before_wave(nginx, wave.stopping(), starting, later)
         systemd.run_commands(wave.commands(), manifest.systemd_dir)
         readiness.wait_until_ready(wave.ready_units(), manifest.readiness)
-        if nginx is not None and stopping:
-            drain.undrain(nginx)
+        if nginx is not None:
+            drain.after_wave(nginx, later)
     except ApplyError as error:
         later = (
             f"waves {number + 1} to {count} were not run: their processes still run the "

@@ -4,13 +4,17 @@ nginx's routing file (``deploys/core/routing.py`` renders it) names each upstrea
 process in a trailing comment: ``server 127.0.0.1:15001 max_fails=1 fail_timeout=1s;  # generic-1``.
 ``drain(spec, processes)`` rewrites the live file with those servers marked ``down`` (main's
 ``backup`` lines too when ``main`` is among them), checks it (``nginx -t``), reloads nginx and
-waits until the reload took (new nginx worker processes), then until no connection to a drained
-server is open, for at most ``spec.grace`` seconds. A reload lets nginx's old worker processes
-finish the requests they hold, new ones never pick a ``down`` server, and both close idle
-keepalive connections, so an open connection to a drained server is a request in flight. A
-request still in flight when the grace ends is cut when its process stops; nginx passes an
-idempotent one (a long-poll ``/sync``) to another server of the class, once
-(``proxy_next_upstream``).
+waits until the reload took (new nginx worker processes, the old ones shutting down), then until
+no connection to a drained server is open, for at most ``spec.grace`` seconds. A reload lets
+nginx's old worker processes finish the requests they hold, new ones never pick a ``down``
+server, and both close idle keepalive connections, so an open connection to a drained server is
+a request in flight. A request still in flight when the grace ends is cut when its process
+stops; nginx passes an idempotent one (a long-poll ``/sync``) to another server of the class,
+once (``proxy_next_upstream``).
+
+``before_wave`` and ``after_wave`` frame one restart wave (``host/apply.py``): the processes it
+stops are drained, and those it or a later wave starts (new workers, in this run's file but not
+running yet) are down too until they run, so nginx never tries them early.
 
 ``undrain(spec)`` writes the managed file back. Every rewrite is atomic (a temporary sibling with
 the live file's mode and owner, renamed over it), and both edit only the managed content
@@ -32,6 +36,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from . import units
 from .batch import ApplyError
 from .files import write_atomically
 from .manifest import DrainSpec
@@ -52,12 +57,14 @@ class DrainError(ApplyError):
 
 @dataclass(frozen=True)
 class Drained:
-    """What a drain did: the servers it marked down (process, address), how long it waited,
-    and how many connections to them were still open when it stopped waiting."""
+    """What a drain did: the servers it waited for (process, address), how long, how many
+    connections to them were still open when it stopped waiting, and whether it rewrote the
+    file (and reloaded nginx)."""
 
     servers: tuple[tuple[str, str], ...]
     waited: float
     in_flight: int
+    rewritten: bool = False
 
 
 def mark_down(text: str, processes: Iterable[str]) -> tuple[str, list[tuple[str, str]]]:
@@ -81,60 +88,98 @@ def undrained(text: str) -> str:
     )
 
 
-def drain(
+def route(
     spec: DrainSpec,
-    processes: Iterable[str],
+    down: Iterable[str],
+    wait_for: Iterable[str] = (),
     reload: Callable[[DrainSpec], None] | None = None,
 ) -> Drained:
-    """Mark the servers of ``processes`` down, reload nginx, wait for their requests in flight.
+    """Make the live file the managed one with exactly the servers of ``down`` marked down
+    (none: the managed file itself), reload nginx if that changed it, then wait for the requests
+    in flight on the servers of ``wait_for`` (processes about to stop, among ``down``).
 
     Args:
         spec: the routing file, its managed sha256, the grace period, nginx's unit and check.
-        processes: process names (``main``: main's server and its ``backup`` lines too). One
-            with no server line (a federation sender) is no work: no rewrite, no reload.
+        down: process names (``main``: main's server and its ``backup`` lines too). One with no
+            server line (a federation sender) changes nothing.
+        wait_for: the processes whose in-flight requests to wait for, at most ``spec.grace``.
         reload: reloads nginx and returns once the new configuration serves; by default
             ``systemctl reload`` of ``spec.unit`` (``reload_unit``).
 
     Returns:
-        What was drained and how long it took.
+        The servers waited for, how long, what was still open; whether the file was rewritten.
 
     Raises:
-        DrainError: the live file is not the managed one (drained or not), or the check or the
-            reload failed (the managed file is back then).
+        DrainError: the live file without its ``down`` marks is not the managed one, or the
+            check or the reload failed (the previous file is back then).
     """
-    base = _managed(spec)
-    text, servers = mark_down(base, processes)
-    if not servers:
-        return Drained((), 0.0, 0)
-    _rewrite(spec, text, base, reload or reload_unit)
+    live = _read(spec.path)
+    base = _managed(spec, live)
+    text, marked = mark_down(base, down)
+    if text != live:
+        _rewrite(spec, text, live, reload or reload_unit)
+    waiting = set(wait_for)
+    servers = tuple((p, a) for p, a in marked if p in waiting)
     start = time.monotonic()
     addresses = {_socket_address(address) for _, address in servers}
-    while (open_now := connections_to(addresses)) and time.monotonic() - start < spec.grace:
+    open_now = connections_to(addresses) if addresses else 0
+    while open_now and time.monotonic() - start < spec.grace:
         time.sleep(POLL_SECONDS)
-    return Drained(tuple(servers), time.monotonic() - start, open_now)
+        open_now = connections_to(addresses)
+    return Drained(servers, time.monotonic() - start, open_now, text != live)
+
+
+def drain(
+    spec: DrainSpec, processes: Iterable[str], reload: Callable[[DrainSpec], None] | None = None
+) -> Drained:
+    """Mark the servers of ``processes`` (only) down, reload nginx, wait for their requests in
+    flight (``route``)."""
+    processes = list(processes)
+    return route(spec, processes, processes, reload)
 
 
 def undrain(spec: DrainSpec, reload: Callable[[DrainSpec], None] | None = None) -> bool:
-    """Write the managed routing file back and reload nginx; False if nothing was drained.
+    """Write the managed routing file back and reload nginx; False if nothing was drained."""
+    return route(spec, (), (), reload).rewritten
 
-    Raises:
-        DrainError: the file without its ``down`` marks is not the managed one, or the check or
-            the reload failed.
+
+def before_wave(
+    spec: DrainSpec, stopping: Iterable[str], starting: Iterable[str], later: Iterable[str]
+) -> Drained | None:
+    """Before a restart wave (process names): the processes it stops are drained; those it starts
+    and those later waves start (new workers: in this run's file, not running yet) are down too,
+    so nginx never tries them before they run.
+
+    A wave that stops nothing while the file is the managed one does nothing: nginx has not been
+    reloaded by this run, so it does not route to this run's new workers yet (the reload after
+    the waves brings them in, running).
     """
-    base = _managed(spec)
-    if _read(spec.path) == base:
-        return False
-    _rewrite(spec, base, None, reload or reload_unit)
-    return True
+    stopping = list(stopping)
+    if not stopping and _read(spec.path) == _managed(spec):
+        return None
+    return route(spec, [*stopping, *starting, *later], stopping)
+
+
+def after_wave(spec: DrainSpec, later: Iterable[str]) -> None:
+    """After a wave is ready: only the processes later waves start stay down (none: the managed
+    file back). Nothing to do if no wave drained anything yet."""
+    live = _read(spec.path)
+    if live != _managed(spec, live):
+        route(spec, later)
+
+
+def process_name(unit: str) -> str | None:
+    """``matrix-synapse.service`` -> ``main``, a worker's unit -> its name, else None."""
+    return units.MAIN if unit == units.MAIN_UNIT else units.worker_name(unit)
 
 
 def reload_unit(spec: DrainSpec) -> None:
-    """``systemctl reload`` nginx's unit; return once its master runs new worker processes."""
+    """``systemctl reload`` nginx's unit; return once its master runs new worker processes. An
+    nginx that is not running routes nothing: no reload (the file is put back all the same)."""
     shown = _run(["systemctl", "show", "--property=MainPID", "--value", spec.unit])
     pid = int(shown.stdout.strip() or 0)
-    if pid <= 0:
-        raise DrainError(f"{spec.unit} is not running: cannot drain through it")
-    wait_for_new_workers(pid, lambda: _run(["systemctl", "reload", spec.unit]))
+    if pid > 0:
+        wait_for_new_workers(pid, lambda: _run(["systemctl", "reload", spec.unit]))
 
 
 def wait_for_new_workers(master: int, reload: Callable[[], object]) -> None:
@@ -170,9 +215,9 @@ def connections_to(addresses: set[tuple[str, int]]) -> int:
 # --- Helpers ----------------------------------------------------------------------------------
 
 
-def _managed(spec: DrainSpec) -> str:
+def _managed(spec: DrainSpec, live: str | None = None) -> str:
     """The managed content, from the live file (drained or not); DrainError if it is not."""
-    base = undrained(_read(spec.path))
+    base = undrained(_read(spec.path) if live is None else live)
     if hashlib.sha256(base.encode()).hexdigest() != spec.sha256:
         raise DrainError(
             f"{spec.path} is not the routing file this deploy manages (changed since?): "
@@ -181,11 +226,9 @@ def _managed(spec: DrainSpec) -> str:
     return base
 
 
-def _rewrite(
-    spec: DrainSpec, text: str, restore: str | None, reload: Callable[[DrainSpec], None]
-) -> None:
+def _rewrite(spec: DrainSpec, text: str, restore: str, reload: Callable[[DrainSpec], None]) -> None:
     """Write ``text`` over the live file, check it and reload nginx; on a failure put
-    ``restore`` back (when given) and raise."""
+    ``restore`` back and raise."""
     st = os.stat(spec.path)
     write_atomically(spec.path, text.encode(), st.st_mode & 0o7777, st.st_uid, st.st_gid)
     try:
@@ -194,8 +237,7 @@ def _rewrite(
             raise DrainError(f"{spec.check} refused {spec.path}: {check.stderr.strip()}")
         reload(spec)
     except (ApplyError, OSError) as error:
-        if restore is not None:
-            write_atomically(spec.path, restore.encode(), st.st_mode & 0o7777, st.st_uid, st.st_gid)
+        write_atomically(spec.path, restore.encode(), st.st_mode & 0o7777, st.st_uid, st.st_gid)
         raise DrainError(str(error)) from None
 
 

@@ -6,6 +6,7 @@ command that passes or fails, and the file is the one the controller renders.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -16,13 +17,21 @@ import pytest
 from deploys.core.drift import compare
 from deploys.core.plan import build_plan
 from deploys.core.render import NGINX_CHECK, NGINX_UNIT, desired_state
-from deploys.host import apply as host_apply, drain as host_drain
+from deploys.host import apply as host_apply, drain as host_drain, units as host_units
+from deploys.host.batch import ApplyError
 from deploys.host.drain import DrainError, drain, mark_down, undrain, undrained
-from deploys.host.manifest import DrainSpec
-from tests.unit.test_host_apply import Root, deployed
+from deploys.host.manifest import DrainSpec, Manifest
+from tests.unit import test_host_apply
+from tests.unit.test_host_apply import (
+    HOMESERVER_CHANGED,
+    WAVES,
+    Root,
+    deployed,
+    waves_manifest,
+)
 from tests.unit.test_routing import config_for, planned
 
-NO_FILE_SD = {"matrix_synapse_metrics_file_sd_path": None}
+systemctl = test_host_apply.systemctl  # the recording systemctl fixture
 
 
 def server_lines(text: str) -> dict[str, list[str]]:
@@ -149,18 +158,18 @@ def test_the_controller_ships_the_managed_sha256_and_the_grace_setting() -> None
 
 
 def test_a_run_killed_while_drained_is_converged_by_the_next_run(root: Root) -> None:
-    deployed(root, **NO_FILE_SD)
-    manifest, _ = root.read(**NO_FILE_SD)
+    deployed(root)
+    manifest, _ = root.read()
     assert manifest.drain is not None and not [e for e in manifest.batch.files if e.payload]
     path = Path(manifest.drain.path)
     managed = path.read_bytes()
     spec = DrainSpec(manifest.drain.path, manifest.drain.sha256, 0.0, NGINX_UNIT, "true")
     drain(spec, ["generic-0"], reload=lambda s: None)  # ... and the run is killed here
     assert path.read_bytes() != managed
-    settings = root.settings(**NO_FILE_SD)
+    settings = root.settings()
     desired = desired_state(settings, build_plan(settings, "host-a"))
     assert [f.path for f in compare(desired, root.host_state()).files.modified] == [str(path)]
-    manifest, stage = root.read(**NO_FILE_SD)
+    manifest, stage = root.read()
     (changed,) = [e for e in manifest.batch.files if e.payload]
     assert changed.path == str(path)
     host_apply.change_files(manifest, stage)
@@ -171,3 +180,123 @@ def test_a_run_killed_while_drained_is_converged_by_the_next_run(root: Root) -> 
 @pytest.fixture
 def root(tmp_path: Path) -> Root:
     return Root(tmp_path)
+
+
+# --- Around each restart wave (deploys/host/apply.py) ------------------------------------------
+
+
+def wired(root: Root, systemctl: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Manifest:
+    """Main and three generic workers deployed and running; nginx's reload is recorded in the
+    systemctl log with the processes the live file has ``down`` at that moment."""
+    deployed(root, **WAVES)
+    manifest = waves_manifest(root, systemctl)
+    spec = root.read(**WAVES)[0].drain
+    assert spec is not None
+    log = systemctl["log"]
+
+    def reload(spec: DrainSpec) -> None:
+        down = sorted(
+            p
+            for p, lines in server_lines(Path(spec.path).read_text()).items()
+            if any(x.endswith(f" down;  # {p}") for x in lines)
+        )
+        with log.open("a") as f:
+            f.write(f"nginx reload: down {' '.join(down) or '-'}\n")
+
+    monkeypatch.setattr(host_drain, "reload_unit", reload)
+    with systemctl["known"].open("a") as known:  # drains go only through a running nginx
+        known.write(f"{NGINX_UNIT} loaded active running x\n")
+    return dataclasses.replace(
+        manifest, drain=dataclasses.replace(spec, check="true"), reloaded_units=(NGINX_UNIT,)
+    )
+
+
+def acted(systemctl: dict[str, Path]) -> list[str]:
+    lines = systemctl["log"].read_text().splitlines()
+    return [x for x in lines if x.startswith(("restart", "nginx"))]
+
+
+def test_each_wave_drains_what_it_stops_and_puts_the_file_back_once_ready(
+    root: Root, systemctl: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = wired(root, systemctl, monkeypatch)
+    assert manifest.drain is not None
+    managed = Path(manifest.drain.path).read_bytes()
+    host_apply.restart(manifest, [HOMESERVER_CHANGED])
+    expected = [
+        "nginx reload: down main",
+        f"restart {host_units.MAIN_UNIT}",
+        "nginx reload: down -",
+    ]
+    for i in range(3):
+        worker = f"generic-{i}"
+        expected += [
+            f"nginx reload: down {worker}",
+            f"restart {host_units.worker_unit(worker)}",
+            "nginx reload: down -",
+        ]
+    assert acted(systemctl) == expected
+    assert Path(manifest.drain.path).read_bytes() == managed
+
+
+def test_a_wave_that_fails_stays_drained_and_later_waves_drain_nothing(
+    root: Root, systemctl: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = wired(root, systemctl, monkeypatch)
+    assert manifest.drain is not None
+    systemctl["stuck"].write_text(host_units.worker_unit("generic-0") + "\n")
+    with pytest.raises(ApplyError, match="restart wave 2/4"):
+        host_apply.restart(manifest, [HOMESERVER_CHANGED])
+    assert acted(systemctl)[-2:] == [
+        "nginx reload: down generic-0",
+        f"restart {host_units.worker_unit('generic-0')}",
+    ]
+    assert down_now(Path(manifest.drain.path)) == ["generic-0"]  # the next run writes it back
+
+
+def test_no_drain_without_a_running_nginx(
+    root: Root, systemctl: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = wired(root, systemctl, monkeypatch)
+    lines = systemctl["known"].read_text().splitlines(keepends=True)
+    systemctl["known"].write_text("".join(x for x in lines if not x.startswith(NGINX_UNIT)))
+    monkeypatch.setattr(host_drain, "route", lambda *a, **k: pytest.fail("drained"))
+    host_apply.restart(dataclasses.replace(manifest, reloaded_units=()), [HOMESERVER_CHANGED])
+    assert not [x for x in acted(systemctl) if x.startswith("nginx")]
+
+
+def test_units_map_to_the_processes_nginx_names() -> None:
+    assert host_drain.process_name(host_units.MAIN_UNIT) == "main"
+    assert host_drain.process_name(host_units.worker_unit("generic-7")) == "generic-7"
+    assert host_drain.process_name(host_units.TARGET_UNIT) is None
+
+
+def down_now(path: Path) -> list[str]:
+    lines = server_lines(path.read_text())
+    return sorted(p for p, xs in lines.items() if any(x.endswith(f" down;  # {p}") for x in xs))
+
+
+def test_workers_a_later_wave_starts_stay_down_until_their_wave_has_run(
+    live: tuple[DrainSpec, Path, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec, path, reloads = live
+    managed = path.read_bytes()
+    monkeypatch.setattr(
+        host_drain, "reload_unit", lambda s: reloads.append(",".join(down_now(path)) or "-")
+    )
+    # A wave that stops nothing while the file is the managed one: nginx still runs the file it
+    # had before this run, without its new workers: nothing to do, before or after.
+    assert host_drain.before_wave(spec, [], ["generic-0"], ["generic-2"]) is None
+    host_drain.after_wave(spec, ["generic-2"])
+    assert reloads == [] and path.read_bytes() == managed
+    # Wave 1 restarts main; generic-2 is new and starts in wave 2.
+    done = host_drain.before_wave(spec, ["main"], [], ["generic-2"])
+    assert done is not None and {p for p, _ in done.servers} == {"main"}
+    assert down_now(path) == ["generic-2", "main"]
+    host_drain.after_wave(spec, ["generic-2"])
+    assert down_now(path) == ["generic-2"]
+    assert host_drain.before_wave(spec, [], ["generic-2"], []) is not None  # wave 2 starts it
+    assert down_now(path) == ["generic-2"]
+    host_drain.after_wave(spec, [])
+    assert path.read_bytes() == managed
+    assert reloads == ["generic-2,main", "generic-2", "-"]  # no reload when nothing changes

@@ -25,8 +25,9 @@ class RestartSettings:
             wave ready before the next) or ``all-at-once`` (one wave: every affected process).
         batch_percent: the share of a class's processes restarted per wave (rounded down, at
             least 1, and always fewer than the whole class when it has two or more).
-        drain_seconds: grace period between nginx no longer sending new requests to a process
-            and the process stopping (in-flight requests end).
+        drain_seconds: the longest wait between nginx no longer sending new requests to a
+            process and the process stopping (``deploys/host/drain.py``: it ends as soon as no
+            request to the process is in flight).
     """
 
     strategy: str
