@@ -202,7 +202,7 @@ def _show_diff(drift: Drift, actions: RestartPlan) -> None:
     for command in actions.before_commands():
         host.log(f"Will run: {' '.join(command)}", logger.info)
     _log_waves(actions)
-    for command in actions.after_commands():
+    for command in [*actions.after_commands(), *actions.stop_after_commands()]:
         host.log(f"Will run: {' '.join(command)}", logger.info)
 
 

@@ -307,6 +307,21 @@ def test_the_preview_and_the_run_log_print_the_restart_waves() -> None:
     assert len([line for line in outcome.host.logs if line.startswith("Wave ")]) == 1
 
 
+def test_the_preview_stops_a_stale_worker_after_the_nginx_reload() -> None:
+    stale = worker_unit("generic-9")
+
+    def scaled_down(state: HostState, desired) -> None:
+        _modify("/matrix-synapse-workers.conf")(state, desired)
+        state.units[stale] = UnitState("loaded", "active", False)
+
+    _, outcome = synapse_case(scaled_down, diff=True)
+    runs = [line for line in outcome.host.logs if line.startswith("Will run: ")]
+    assert runs[-2:] == [
+        "Will run: systemctl reload nginx.service",
+        f"Will run: systemctl stop {stale}",
+    ]
+
+
 def test_batch_previews_each_change_once_with_diff() -> None:
     found = {
         **converged(),
