@@ -96,9 +96,10 @@ MAIN_FALLBACK: Final[Mapping[Routing, bool]] = MappingProxyType(
         Routing.USER_DIRECTORY: True,
         # main runs with enable_media_repo: false when media workers exist: no media servlets
         Routing.MEDIA: False,
-        # main refuses a stream's writes when a writer is configured (typing and push rules raise,
-        # to-device, receipts, thread subscriptions and quarantine: "stream ID on non-writer") or
-        # forwards them over replication to that same writer (account data, presence, devices)
+        # main refuses a stream's writes when a writer is configured (typing and push rules raise
+        # in the servlet; to-device, receipts, thread subscriptions and quarantine fail the
+        # store's "can write" assertion) or forwards them over replication to that same writer
+        # (account data, presence, device lists): a fallback gains nothing over a prompt 503
         Routing.STREAM: False,
     }
 )
