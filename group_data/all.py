@@ -175,6 +175,15 @@ matrix_synapse_tls_acme_webroot = "/var/lib/matrix-synapse-acme"
 # they answer 404 there (still reachable on the loopback server and the metrics listeners).
 matrix_synapse_tls_expose_admin_api = False
 matrix_synapse_tls_expose_metrics = False
+# Delegation: with TLS on and matrix_domain not the name served (e.g. example.org served by
+# matrix.example.org), the public servers answer /.well-known/matrix/server and /client (as
+# matrix-docker-ansible-deploy's static files do); serve them at https://<matrix_domain>/ too.
+matrix_synapse_well_known_enabled = True
+# m.server; None: the first served name and matrix_synapse_tls_https_port, e.g.
+# "matrix.example.org:443" (matrix_static_files_file_matrix_server_property_m_server in MDAD).
+matrix_synapse_well_known_server = None
+# m.homeserver.base_url; None: matrix_synapse_public_baseurl, else https:// and the first name.
+matrix_synapse_well_known_client_base_url = None
 
 # ---------------------------------------------------------------------------------------------
 # Prometheus service discovery (needs matrix_synapse_metrics_enabled)

@@ -7,6 +7,9 @@ locations as the plain loopback server (the template renders them from one macro
   metrics then come from main's metrics listener);
 - ``X-Forwarded-Proto: https`` to Synapse.
 
+- ``/.well-known/matrix/server`` and ``/client`` (delegation) when ``matrix_domain`` is not
+  the name served.
+
 The port-80 server answers ACME HTTP-01 challenges from the webroot (``acme`` mode) and redirects
 everything else to HTTPS.
 
@@ -20,10 +23,11 @@ restart of nginx or Synapse.
 
 from __future__ import annotations
 
+import json
 import posixpath
 import shlex
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlparse
 
 from deploys.core.processes import connect_address
@@ -48,6 +52,7 @@ class TlsServers:
         acme_webroot: the HTTP-01 webroot, or None (``files`` mode: no challenge location).
         expose_admin_api: route ``/_synapse/admin`` like the plain server (else 404).
         metrics_upstream: ``host:port`` of main's metrics listener if exposed, else None (404).
+        well_known: ``(path, nginx-quoted JSON)`` of each delegation file served, if any.
     """
 
     https_listen: tuple[str, ...]
@@ -58,6 +63,7 @@ class TlsServers:
     acme_webroot: str | None
     expose_admin_api: bool
     metrics_upstream: str | None
+    well_known: tuple[tuple[str, str], ...] = ()
 
 
 def certificate_names(settings: Settings) -> tuple[str, ...]:
@@ -93,7 +99,24 @@ def tls_servers(settings: Settings) -> TlsServers | None:
         acme_webroot=tls.acme_webroot if tls.mode == "acme" else None,
         expose_admin_api=tls.expose_admin_api,
         metrics_upstream=metrics,
+        well_known=tuple(
+            (f"/.well-known/matrix/{name}", _nginx_quote(json.dumps(body)))
+            for name, body in well_known(settings).items()
+        ),
     )
+
+
+def well_known(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The delegation files (``server``, ``client``) when matrix_domain is not the served name."""
+    tls = settings.tls
+    served = certificate_names(settings)[0]
+    if not (tls.enabled and tls.well_known_enabled) or served == settings.domain:
+        return {}
+    base_url = tls.well_known_client_base_url or (settings.public_baseurl or f"https://{served}")
+    return {
+        "server": {"m.server": tls.well_known_server or f"{served}:{tls.https_port}"},
+        "client": {"m.homeserver": {"base_url": base_url.rstrip("/")}},
+    }
 
 
 def lineage(names: tuple[str, ...]) -> str:
@@ -159,6 +182,11 @@ def placeholder_command(tls: TlsSettings, names: tuple[str, ...]) -> str:
         "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 "
         f"-subj {subject} -addext {san} -keyout {key} -out {cert} 2>&1 && chmod 0640 {cert}"
     )
+
+
+def _nginx_quote(value: str) -> str:
+    """``value`` as an nginx double-quoted string (nginx reads ``\\\\`` and ``\\"`` back)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _host(address: str) -> str:

@@ -169,7 +169,7 @@ def test_moved_certificate_paths_get_a_new_hook_and_the_certificate(
     assert_no_changes(deploy(tmp_path, web, moved), web.name, commands=None)
 
 
-def test_admin_api_and_metrics_opened_by_settings(
+def test_admin_api_and_metrics_opened_by_settings_and_delegation(
     tmp_path: Path, pair: tuple[Pebble, TestHost]
 ) -> None:
     pebble, web = pair
@@ -179,9 +179,17 @@ def test_admin_api_and_metrics_opened_by_settings(
         matrix_synapse_tls_expose_admin_api=True,
         matrix_synapse_tls_expose_metrics=True,
         matrix_synapse_tls_federation_port=None,
+        # Delegation: the homeserver is b.test, served by hs-b.test.
+        matrix_domain="b.test",
+        matrix_synapse_tls_server_names=["hs-b.test"],
     )
     run = deploy(tmp_path, web, data, "-y")
     assert run.returncode == 0, run.output[-4000:]
+    server = fetch(pebble.host, "https://hs-b.test/.well-known/matrix/server")
+    assert (server["status"], server["upstream"]) == (200, None), server
+    assert json.loads(server["body"]) == {"m.server": "hs-b.test:443"}
+    client = fetch(pebble.host, "https://hs-b.test/.well-known/matrix/client")
+    assert json.loads(client["body"]) == {"m.homeserver": {"base_url": "https://hs-b.test"}}
     admin = fetch(pebble.host, "https://hs-b.test/_synapse/admin/v1/server_version")
     assert (admin["status"], admin["upstream"]) == (200, "synapse_main"), admin
     metrics = fetch(pebble.host, "https://hs-b.test/_synapse/metrics")

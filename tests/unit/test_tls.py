@@ -11,7 +11,13 @@ import pytest
 from deploys.core.plan import build_plan
 from deploys.core.render import nginx_config
 from deploys.core.settings import Settings, SettingsError, parse_settings
-from deploys.core.tls import certbot_command, certificate_names, deploy_hook, tls_servers
+from deploys.core.tls import (
+    certbot_command,
+    certificate_names,
+    deploy_hook,
+    tls_servers,
+    well_known,
+)
 from tests.support.settings_data import make_data
 
 
@@ -113,6 +119,8 @@ def test_certbot_command_and_its_deploy_hook() -> None:
         ("matrix_synapse_tls_acme_email", "admin", "an email address"),
         ("matrix_synapse_tls_certificate_path", "cert.pem", "an absolute path"),
         ("matrix_synapse_tls_key_path", "/etc/x y.pem", "without spaces"),
+        ("matrix_synapse_well_known_server", "matrix.example.org", "host:port"),
+        ("matrix_synapse_well_known_client_base_url", "matrix.example.org", "an http(s) URL"),
     ],
 )
 def test_bad_settings_are_named(key: str, value: object, allowed: str) -> None:
@@ -120,3 +128,43 @@ def test_bad_settings_are_named(key: str, value: object, allowed: str) -> None:
         settings(**{key: value})
     assert f"{key} = {value!r}: " in str(caught.value)
     assert allowed in str(caught.value)
+
+
+def test_delegation_only_when_the_domain_is_not_the_served_name() -> None:
+    same = settings(matrix_domain="example.org", matrix_synapse_tls_mode="acme")
+    assert well_known(same) == {}
+    delegated = settings(
+        matrix_domain="example.org",
+        matrix_synapse_tls_mode="acme",
+        matrix_synapse_tls_server_names=["matrix.example.org"],
+    )
+    assert well_known(delegated) == {
+        "server": {"m.server": "matrix.example.org:443"},
+        "client": {"m.homeserver": {"base_url": "https://matrix.example.org"}},
+    }
+    text = nginx_config(build_plan(delegated, "m"), delegated.nginx, tls_servers(delegated))
+    assert (
+        "location = /.well-known/matrix/server {\n        default_type application/json;\n"
+        '        add_header Access-Control-Allow-Origin "*" always;\n'
+        '        return 200 "{\\"m.server\\": \\"matrix.example.org:443\\"}";' in text
+    )
+    chosen = settings(
+        matrix_domain="example.org",
+        matrix_synapse_tls_mode="files",
+        matrix_synapse_tls_server_names=["matrix.example.org"],
+        matrix_synapse_well_known_server="fed.example.org:8448",
+        matrix_synapse_public_baseurl="https://client.example.org/",
+    )
+    assert well_known(chosen) == {
+        "server": {"m.server": "fed.example.org:8448"},
+        "client": {"m.homeserver": {"base_url": "https://client.example.org"}},
+    }
+    off = settings(
+        matrix_domain="example.org",
+        matrix_synapse_tls_mode="acme",
+        matrix_synapse_tls_server_names=["matrix.example.org"],
+        matrix_synapse_well_known_enabled=False,
+    )
+    assert well_known(off) == {} and "well-known/matrix" not in nginx_config(
+        build_plan(off, "m"), off.nginx, tls_servers(off)
+    )

@@ -1,4 +1,5 @@
-"""TLS section (``matrix_synapse_tls_*``): nginx's public HTTPS servers and their certificate.
+"""TLS section (``matrix_synapse_tls_*``, ``matrix_synapse_well_known_*``): nginx's public HTTPS
+servers, their certificate and the delegation files they serve.
 
 ``off`` (nginx serves only its plain loopback server), ``acme`` (certbot obtains and renews the
 certificate through nginx's port-80 server, HTTP-01, from any ACME directory) or ``files`` (the
@@ -17,6 +18,7 @@ from deploys.core.settings.reader import HIGHEST_PORT, Reader, is_abs_path, is_i
 
 MODES: Final = ("off", "acme", "files")
 URL_RE: Final = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]+)?(/[^\s'\"\\;{}$]*)?$")
+HOST_PORT_RE: Final = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?:[0-9]{1,5}$")
 EMAIL_RE: Final = re.compile(r"^[^\s@'\"\\;{}$]+@[A-Za-z0-9.-]+$")
 NGINX_PATH_RE: Final = re.compile(r"^/[^\s;{}'\"$\\]*$")
 
@@ -44,6 +46,12 @@ class TlsSettings:
         acme_webroot: where certbot puts HTTP-01 tokens for nginx to serve.
         expose_admin_api: serve ``/_synapse/admin`` on the public servers (else 404).
         expose_metrics: serve main's ``/_synapse/metrics`` on the public servers (else 404).
+        well_known_enabled: serve ``/.well-known/matrix/{server,client}`` on the public servers
+            when ``matrix_domain`` is not the name they serve (delegation).
+        well_known_server: ``m.server`` (``host:port``), or None for the first served name and
+            the HTTPS port.
+        well_known_client_base_url: ``m.homeserver.base_url``, or None for public_baseurl, else
+            ``https://`` and the first served name.
     """
 
     mode: str
@@ -60,6 +68,9 @@ class TlsSettings:
     acme_webroot: str
     expose_admin_api: bool
     expose_metrics: bool
+    well_known_enabled: bool
+    well_known_server: str | None
+    well_known_client_base_url: str | None
 
     @property
     def enabled(self) -> bool:
@@ -121,4 +132,15 @@ def read(r: Reader) -> TlsSettings:
         acme_webroot=nginx_path("matrix_synapse_tls_acme_webroot"),
         expose_admin_api=r.boolean("matrix_synapse_tls_expose_admin_api"),
         expose_metrics=r.boolean("matrix_synapse_tls_expose_metrics"),
+        well_known_enabled=r.boolean("matrix_synapse_well_known_enabled"),
+        well_known_server=r.check(
+            "matrix_synapse_well_known_server",
+            lambda v: v is None or (isinstance(v, str) and bool(HOST_PORT_RE.match(v))),
+            "allowed: None or host:port such as 'matrix.example.org:8443'",
+        ),
+        well_known_client_base_url=r.check(
+            "matrix_synapse_well_known_client_base_url",
+            lambda v: v is None or (isinstance(v, str) and bool(URL_RE.match(v))),
+            "allowed: None or an http(s) URL such as 'https://matrix.example.org'",
+        ),
     )
