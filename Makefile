@@ -18,7 +18,8 @@ demo: deps
 	$(VENV)/bin/python -m tests.support.demo
 
 # Our deploy vs one pyinfra operation per file, 13 / 130 / 1,000 workers at 24 ms RTT, on
-# throwaway test hosts; prints one markdown table (about 26 minutes; BENCH_ARGS=--quick: ~3).
+# throwaway test hosts, then a full restart under client load, rolling vs all-at-once; prints two
+# markdown tables (about 26 + 15 minutes; BENCH_ARGS=--quick: ~8; "--restarts-only --quick": ~5).
 .PHONY: bench
 bench: deps
 	$(VENV)/bin/python -m tests.bench.run $(BENCH_ARGS)
