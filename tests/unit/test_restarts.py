@@ -567,3 +567,22 @@ def test_bad_restart_settings_name_key_value_and_what_is_allowed(
 def test_restart_defaults() -> None:
     restarts = parse_settings(make_data()).restarts
     assert (restarts.strategy, restarts.batch_percent, restarts.drain_seconds) == ("rolling", 20, 2)
+
+
+def test_removing_the_last_federation_sender_or_pusher_stops_it_in_the_coupled_wave() -> None:
+    old_spec, old_workers = spec_for(
+        matrix_synapse_workers_federation_sender_workers_count=1,
+        matrix_synapse_workers_pusher_workers_count=1,
+    )
+    spec, workers = spec_for()
+    assert workers == []
+    result = plan(
+        [WORKERS_YAML], spec, workers, units=running(old_workers), applied=old_spec.topology
+    )
+    main_wave, senders_wave = result.waves
+    assert main_wave.restart == (MAIN_UNIT,)
+    assert main_wave.stop == (worker_unit("pusher-0"),)  # with main: pusher_instances changed
+    assert senders_wave.stop == (worker_unit("federation-sender-0"),) and not senders_wave.start
+    assert senders_wave.commands() == [["systemctl", "stop", worker_unit("federation-sender-0")]]
+    assert result.stop == result.stop_after == ()
+    assert_each_unit_once(result)
