@@ -93,7 +93,8 @@ def bridged_testhosts(base_tree: Path) -> Iterator[Callable[..., list[TestHost]]
     """Callable ``factory(count, names=None, tree=None) -> list[TestHost]``: `count` fresh hosts
     joined to a new private bridge network (tests/support/testhost_net.py), each reachable from
     the others at ``host.address`` and by its machine name and ``names[i]`` (a DNS name such as
-    ``hs-a.test``). `tree` is one tree for all or a list with one per host (None: the base tree).
+    ``hs-a.test``, or a list of them). `tree` is one tree for all or a list with one per host
+    (None: the base tree).
     Each call makes its own network; hosts and networks are removed at teardown.
     """
     hosts: list[TestHost] = []
@@ -101,7 +102,7 @@ def bridged_testhosts(base_tree: Path) -> Iterator[Callable[..., list[TestHost]]
 
     def factory(
         count: int,
-        names: Sequence[str] | None = None,
+        names: Sequence[str | Sequence[str] | None] | None = None,
         tree: Path | Sequence[Path | None] | None = None,
     ) -> list[TestHost]:
         names = list(names) if names is not None else [None] * count
@@ -116,7 +117,7 @@ def bridged_testhosts(base_tree: Path) -> Iterator[Callable[..., list[TestHost]]
                 unique_host_name(),
                 host_tree or base_tree,
                 network=network,
-                aliases=[name] if name else [],
+                aliases=[name] if isinstance(name, str) else list(name or []),
             )
             hosts.append(host)
             started.append(host)
