@@ -6,8 +6,15 @@ real Synapse with a federation sender and a federation reader each; pebble on a 
 (certbot --webroot via the deploy's nginx). Each Synapse trusts pebble's root for federation as
 an operator would configure it (``federation_custom_ca_list`` and the bridge's subnet in
 ``ip_range_whitelist``, through ``matrix_synapse_configuration_extension``); certificate
-verification stays on. Synapse finds no ``_matrix-fed._tcp`` SRV record (the name server answers
-NXDOMAIN at once) and connects to the name's port 8448, which the deploy's nginx serves.
+verification stays on. The two are found the two ways Synapse knows:
+
+- hs-a.test directly: no ``/.well-known/matrix/server`` (hs-a.test is the served name), no
+  ``_matrix-fed._tcp`` SRV record (the name server answers NXDOMAIN at once), so port 8448 of
+  hs-a.test, which the deploy's nginx serves;
+- hs-b.test by delegation: its host also answers to matrix.hs-b.test, the served name (first in
+  ``matrix_synapse_tls_server_names``; the certificate carries both), so the deploy serves
+  ``/.well-known/matrix/server`` = ``matrix.hs-b.test:443`` at https://hs-b.test/, and 8448 is
+  off there (``matrix_synapse_tls_federation_port = None``).
 
 Clients talk to each homeserver's own nginx (inside its guest). Invite, join, messages, typing and
 read receipts go both ways; the receiving nginx logs every inbound ``/_matrix/federation/``
@@ -151,7 +158,9 @@ def has_read(room_id: str, event_id: str, user_id: str) -> Callable[[dict[str, A
     return found
 
 
-def homeserver_data(domain: str, host: TestHost, pebble_url: str, ca_bundle: str) -> dict:
+def homeserver_data(
+    domain: str, host: TestHost, pebble_url: str, ca_bundle: str, **extra: Any
+) -> dict[str, Any]:
     assert host.network is not None
     return {
         **E2E_SETTINGS,
@@ -170,6 +179,7 @@ def homeserver_data(domain: str, host: TestHost, pebble_url: str, ca_bundle: str
             # Synapse refuses private addresses by default; the bridge is one.
             "ip_range_whitelist": [host.network.subnet],
         },
+        **extra,
     }
 
 
@@ -205,16 +215,20 @@ def test_two_homeservers_federate_through_their_workers(
     started = time.monotonic()
     acme, a, b = bridged_testhosts(
         3,
-        names=["acme.test", "hs-a.test", "hs-b.test"],
+        names=["acme.test", "hs-a.test", ["hs-b.test", "matrix.hs-b.test"]],
         tree=[ensure_acme_tree(), ensure_synapse_acme_tree(), ensure_synapse_acme_tree()],
     )
     pebble = start_pebble(acme)
     root = pebble.issuer_roots()
+    delegated = {
+        "matrix_synapse_tls_server_names": ["matrix.hs-b.test", "hs-b.test"],
+        "matrix_synapse_tls_federation_port": None,
+    }
     data = {}
-    for domain, host in (("hs-a.test", a), ("hs-b.test", b)):
+    for domain, host, extra in (("hs-a.test", a, {}), ("hs-b.test", b, delegated)):
         host.ssh(f"install -m 0644 /dev/stdin {FEDERATION_CA}", input=root)
         data[host.name] = homeserver_data(
-            domain, host, pebble.directory_url, trust_pebble(host, pebble)
+            domain, host, pebble.directory_url, trust_pebble(host, pebble), **extra
         )
     inventory = write_inventory(
         tmp_path / "inventory.py", [(a, data[a.name]), (b, data[b.name])], standin=False
@@ -222,13 +236,27 @@ def test_two_homeservers_federate_through_their_workers(
     run = pyinfra(tmp_path, inventory, "-y", timeout=900)
     assert run.returncode == 0, run.output[-6000:]
     deployed = time.monotonic()
-    for domain, host in (("hs-a.test", a), ("hs-b.test", b)):
+    for names, host in ((["hs-a.test"], a), (["matrix.hs-b.test", "hs-b.test"], b)):
         issuer = host.ssh(
             "openssl x509 -in /etc/nginx/matrix-synapse-tls/fullchain.pem -noout -issuer -ext "
             "subjectAltName"
         ).stdout
-        assert "Pebble Intermediate CA" in issuer and f"DNS:{domain}" in issuer, issuer
-        assert host.ssh("ss -Htln 'sport = 8448'").stdout.strip(), "nothing listens on 8448"
+        assert "Pebble Intermediate CA" in issuer, issuer
+        assert all(f"DNS:{name}" in issuer for name in names), issuer
+    assert a.ssh("ss -Htln 'sport = 8448'").stdout.strip(), "A: nothing listens on 8448"
+    assert b.ssh("ss -Htln 'sport = 8448'").stdout.strip() == "", "B: 8448 should be off"
+    # B's delegation, as A's Synapse reads it (over TLS, trusting pebble's root only).
+    well_known = a.ssh(
+        f"curl -sf --cacert {FEDERATION_CA} https://hs-b.test/.well-known/matrix/server"
+    ).stdout
+    assert json.loads(well_known) == {"m.server": "matrix.hs-b.test:443"}, well_known
+    assert (
+        a.ssh(
+            "curl -s -o /dev/null -w '%{http_code}' --cacert "
+            f"{FEDERATION_CA} https://hs-a.test/.well-known/matrix/server"
+        ).stdout
+        == "404"
+    )
 
     alice, bob = User(a, "hs-a.test", "alice"), User(b, "hs-b.test", "bob")
     room_id = alice.call("POST", "/_matrix/client/v3/createRoom", {"preset": "private_chat"})[
@@ -286,17 +314,17 @@ def test_two_homeservers_federate_through_their_workers(
             assert metric_total(sender, federation_sender, edus, f'type="{edu}"') > 0, edu
             assert metric_total(sender, main, edus, f'type="{edu}"') == 0, edu
 
-    # Verification is on: B's machine name resolves to B too, but B's certificate does not name
-    # it, so A refuses the connection (service_identity's DNSMismatch) and the invite never
-    # reaches B's nginx.
-    before = len(federation_log(b, a))
-    refused = alice.request(
-        "POST", f"/_matrix/client/v3/rooms/{room_id}/invite", {"user_id": f"@carol:{b.name}"}
+    # Verification is on: A's machine name resolves to A too, but A's certificate does not name
+    # it, so B refuses the connection (service_identity's DNSMismatch) and the invite never
+    # reaches A's nginx.
+    before = len(federation_log(a, b))
+    refused = bob.request(
+        "POST", f"/_matrix/client/v3/rooms/{room_id}/invite", {"user_id": f"@carol:{a.name}"}
     )
     assert refused["status"] == 502, refused
-    assert len(federation_log(b, a)) == before
-    journal = a.ssh("journalctl -u matrix-synapse --no-pager -o cat").stdout
-    invites = [line for line in journal.splitlines() if f"[{b.name}] Request failed: PUT" in line]
+    assert len(federation_log(a, b)) == before
+    journal = b.ssh("journalctl -u matrix-synapse --no-pager -o cat").stdout
+    invites = [line for line in journal.splitlines() if f"[{a.name}] Request failed: PUT" in line]
     assert invites and all("VerificationError" in line for line in invites), invites
 
     # A rerun of both hosts changes nothing (certbot's certificates are kept).
