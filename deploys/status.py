@@ -24,10 +24,11 @@ from deploys.core.status import host_status
 from deploys.core.status_table import status_lines
 from deploys.facts.status import SynapseStatus
 
-_, plan = settings_and_plan()
-health = health_urls(plan)
+_, plan = settings_and_plan()  # None on a retired host: nothing planned
+health = health_urls(plan) if plan is not None else {}
 reading = host.get_fact(SynapseStatus, health=health)
-status = host_status(host.name, [p.unit for p in plan.processes], health, reading)
+units = [p.unit for p in plan.processes] if plan is not None else []
+status = host_status(host.name, units, health, reading)
 # The report is the output: on standard output, apart from pyinfra's progress on standard error;
 # with pyinfra's --json, standard output is pyinfra's JSON, and the tables go to standard error.
 click.echo("\n".join(status_lines(status)) + "\n", err="--json" in sys.argv)

@@ -1,7 +1,10 @@
 """Deploy Matrix Synapse and its workers: `pyinfra inventories/prod.py deploys/synapse.py`.
 
-Reads the host's settings once, plans every process, then runs the component deploys in order.
-Bad settings stop the run here, while pyinfra prepares, before any operation changes any host.
+Reads the host's settings once, plans every process of its cluster (every inventory host with
+the same ``matrix_domain``), then runs the component deploys in order. Bad settings stop the run
+here, while pyinfra prepares, before any operation changes any host. The main host installs and
+runs what the cluster shares (PostgreSQL, Redis, nginx); a workers host runs only its workers; a
+retired host has everything of ours stopped and removed.
 """
 
 from pyinfra import host
@@ -10,25 +13,30 @@ from pyinfra.api.exceptions import PyinfraError
 from deploys.components.configure import configure_synapse
 from deploys.components.database import database
 from deploys.components.install import install
-from deploys.components.plan import settings_and_plan
+from deploys.components.plan import host_plan
+from deploys.components.redis import redis_server
 from deploys.components.tls import tls_after_nginx, tls_before_nginx
 from deploys.core.machines import claim_machine
 from deploys.core.settings import SettingsError
 from deploys.facts.synapse import MachineId
 
-settings, plan = settings_and_plan()
+planned = host_plan()
+settings, plan, cluster = planned.settings, planned.view, planned.cluster
+runs_main = plan is not None and plan.runs_main
 try:
     # Read-only, at load time: every host of the run is checked before any operation runs.
     claim_machine(host.name, host.get_fact(MachineId))
 except SettingsError as error:
     raise PyinfraError(f"{host.name}: {error}") from None
 
-if settings.install.enabled:
-    install(settings)
-if settings.database.install_postgresql:
-    database(settings, plan)
-if settings.tls.enabled and settings.nginx.enabled:
+if settings.install.enabled and plan is not None:
+    install(settings, shared=runs_main)
+if runs_main and settings.database.install_postgresql:
+    database(settings, cluster.combined)  # sized for every machine's workers
+if runs_main and cluster.multi_machine:
+    redis_server(settings, cluster)
+if runs_main and settings.tls.enabled and settings.nginx.enabled:
     tls_before_nginx(settings)
-configure_synapse(settings, plan)
-if settings.tls.mode == "acme" and settings.nginx.enabled:
+configure_synapse(settings, plan, cluster)
+if runs_main and settings.tls.mode == "acme" and settings.nginx.enabled:
     tls_after_nginx(settings)

@@ -235,6 +235,10 @@ matrix_synapse_redis_port = 6379
 # A unix socket path instead of host/port, e.g. "/run/redis/redis-server.sock".
 matrix_synapse_redis_path = None
 matrix_synapse_redis_dbid = 0
+# The password every Synapse process gives Redis (written to a 0600 file, never printed). With
+# several machines it is required and the main host's Redis requires it (requirepass) and listens
+# on the main host's private address too; None on one machine: no password.
+matrix_synapse_redis_password = None
 
 # ---------------------------------------------------------------------------------------------
 # systemd resource limits
@@ -346,3 +350,11 @@ matrix_synapse_private_address = None
 # Media repository workers on more than one machine need one media store shared by all of them
 # (Synapse's rule): set True only when matrix_synapse_media_store_path is such shared storage.
 matrix_synapse_media_store_shared = False
+
+# The secret every process of the cluster signs replication requests with (Synapse's
+# worker_replication_secret, in a 0600 file, never printed). Required, and the same on every
+# host, once the cluster has more than one machine (its replication listeners are reachable
+# from the network): generate it once, e.g. python3 -c 'import secrets;
+# print(secrets.token_urlsafe(32))', and keep it in your group_data with the other secrets.
+# None: each machine generates its own on first deploy (enough for one machine).
+matrix_synapse_worker_replication_secret = None

@@ -1,22 +1,88 @@
-"""The current host's settings and worker plan, read once per run by each entry script
-(``deploys/synapse.py`` deploys it, ``deploys/status.py`` reports on it), so both see the same
-plan."""
+"""The current host's settings and its part of the cluster plan, read once per run by each entry
+script (``deploys/synapse.py`` deploys it, ``deploys/status.py`` reports on it), so both see the
+same plan.
+
+Every inventory host with the same ``matrix_domain`` is one cluster (``deploys.core.cluster``).
+The plan is computed from every inventory host's data (hosts a ``--limit`` leaves out too, so a
+limit never changes the plan), once per cluster and run: pyinfra loads the entry script once per
+host in one process, and each host reads the cached plan. A one-host inventory plans exactly as
+before (``build_plan``).
+"""
 
 from __future__ import annotations
 
-from pyinfra import host
+from dataclasses import dataclass
+
+from pyinfra import host, state
 from pyinfra.api.exceptions import PyinfraError
 
+from deploys.core.cluster import ClusterPlan, cluster_settings, plan_cluster, secret_problems
 from deploys.core.plan import WorkerPlan, build_plan
 from deploys.core.settings import Settings, SettingsError, parse_settings
+from deploys.core.settings.cluster import ROLE_MAIN
 
 
-def settings_and_plan() -> tuple[Settings, WorkerPlan]:
-    """Parse the current host's settings (``host.data``) and plan its processes. Bad settings
-    stop the run here, while pyinfra prepares, before any operation runs on any host, with one
-    line per problem naming the host, the key, the value and what is allowed."""
+@dataclass(frozen=True)
+class HostPlan:
+    """One host's part of its cluster: its settings, what it runs (``view``; None when retired)
+    and the whole cluster's plan."""
+
+    settings: Settings
+    view: WorkerPlan | None
+    cluster: ClusterPlan
+
+
+# (id of the pyinfra state, matrix_domain) -> the cluster's settings and plan, or its error.
+_CACHE: dict[tuple[int, str], tuple[dict[str, Settings], ClusterPlan] | PyinfraError] = {}
+
+
+def host_plan() -> HostPlan:
+    """The current host's settings and plan. Bad settings on any host of the cluster, or a rule
+    between its hosts, stop the run here, while pyinfra prepares, before any operation runs on
+    any host, with one line per problem naming the host, the key, the value and what is allowed.
+    A host of the cluster that pyinfra could not connect to stops the run too (every machine
+    applies its part of one plan, so none applies without the others)."""
+    key = (id(state), str(host.data.get("matrix_domain")))
+    if key not in _CACHE:
+        _CACHE[key] = _plan_cluster()
+    cached = _CACHE[key]
+    if isinstance(cached, PyinfraError):
+        raise cached
+    settings, cluster = cached
+    unreachable = [h.name for h in state.failed_hosts if h.name in settings]
+    if unreachable:
+        raise PyinfraError(
+            f"{', '.join(sorted(unreachable))}: could not connect, so no host of the cluster "
+            f"{cluster.domain} ({', '.join(settings)}) is changed; fix the connection or take "
+            "the host out of the inventory, then run again"
+        )
+    return HostPlan(settings[host.name], cluster.view(host.name), cluster)
+
+
+def _plan_cluster() -> tuple[dict[str, Settings], ClusterPlan] | PyinfraError:
+    data = {h.name: h.data.dict() for h in state.inventory}
+    domain = data[host.name].get("matrix_domain")
+    members = [h for h, d in data.items() if d.get("matrix_domain") == domain]
     try:
-        settings = parse_settings(host.data.dict())
-        return settings, build_plan(settings, host.name)
+        if len(members) == 1:  # one machine: its errors exactly as they always were
+            settings = {host.name: parse_settings(data[host.name])}
+        else:
+            settings = cluster_settings(data, host.name)
+        try:
+            cluster = plan_cluster(settings)
+        except SettingsError:
+            if len(members) == 1 and settings[host.name].cluster.role == ROLE_MAIN:
+                build_plan(settings[host.name], host.name)  # raises the one-machine problems
+            raise
+        problems = secret_problems(settings)
+        if problems:
+            raise SettingsError(problems)
     except SettingsError as error:
-        raise PyinfraError(f"{host.name}: {error}") from None
+        return PyinfraError(f"{host.name}: {error}")
+    return settings, cluster
+
+
+def settings_and_plan() -> tuple[Settings, WorkerPlan | None]:
+    """The current host's settings and what it runs (None on a retired host)."""
+    plan = host_plan()
+    return plan.settings, plan.view

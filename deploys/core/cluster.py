@@ -33,33 +33,13 @@ repository workers on one machine unless the media store is shared storage, gene
 mixed with specialised ones (nginx on main routes to all of them), and workers enabled on the
 main host while any machine runs workers (they replicate from main's replication listener).
 
-Not yet wired (the next step; the apply, host and nginx layers are being rewritten):
-
-- *Gathering*: the entry (``deploys/components/plan.py``) reads
-  ``{h.name: h.data.dict() for h in pyinfra.context.inventory}`` (every host, also those a
-  ``--limit`` leaves out, so the plan does not change with the limit), calls
-  ``plan_inventory(data, host.name)`` once per homeserver and caches it for the run (pyinfra loads
-  the deploy once per host in one process: uncached, 100 hosts would each plan all 100), and
-  renders ``view(host.name)``. A bad setting on any host of the cluster stops every host of it.
-- *Apply*: a host writes only its view's files; on a workers host ``view.main`` runs elsewhere,
-  so render leaves out the main unit and its drop-ins, and the Redis readiness count is the
-  cluster's processes (``len(plan.combined.processes)``). On a workers host, Redis and
-  PostgreSQL left at loopback mean the main host's: render points them at
-  ``private_addresses[main_host]``. A retired host's manifest is empty, so the existing cleanup
-  stops and removes every unit and file of ours. Main applies first and is ready before the
-  workers hosts apply in parallel; a worker that moves (its name on another machine now) is
-  stopped by its old machine's apply before the new machine's starts it, so two processes of
-  one name never run at once.
-- *nginx and metrics*: the main host renders nginx's routes and the ``file_sd`` targets from
-  ``plan.combined`` (every machine's workers; upstreams at each worker's private address, which
-  its HTTP listener binds). Metrics listeners keep their own bind addresses (loopback by
-  default): ``scrape_targets(..., reach=...)`` may list them at the private address only where
-  ``matrix_synapse_metrics_bind_addresses`` binds it. PostgreSQL's ``max_connections`` is sized
-  from ``plan.combined.database_connections``.
-- *Replication secret*: with more than one machine, ``worker_replication_secret`` is generated
-  once on the main host, read there by the main host's fact, and shipped in each workers host's
-  archive as a 0600 secret file (never printed), or taken from a secret the operator provides;
-  Redis gets a password and PostgreSQL accepts the cluster's private addresses (scram-sha-256).
+Wired into the deploy (README, "Several machines"): ``deploys/components/plan.py`` gathers every
+inventory host's data once per run and cluster (``cluster_settings``, ``plan_cluster``,
+``secret_problems``); ``deploys.core.render.desired_state`` renders a host's view (a workers host:
+no main unit, no nginx, Redis and PostgreSQL at the main host's private address; the main host:
+nginx routes and metrics targets from ``combined``); ``retired_state`` removes everything of ours
+from a retired host; ``deploys/components/configure.py`` orders the machines (moved workers
+stopped on their old machine first, then main, then the workers hosts in parallel).
 """
 
 from __future__ import annotations
@@ -95,6 +75,8 @@ ROLE_KEY: Final = "matrix_synapse_role"
 ADDRESS_KEY: Final = "matrix_synapse_private_address"
 MEDIA_SHARED_KEY: Final = "matrix_synapse_media_store_shared"
 DOMAIN_KEY: Final = "matrix_domain"
+SECRET_KEY: Final = "matrix_synapse_worker_replication_secret"
+REDIS_PASSWORD_KEY: Final = "matrix_synapse_redis_password"
 MAX_NAME_PROBLEMS: Final = 10  # one misplaced list can duplicate a thousand names
 # The listeners other machines connect to, and the setting that says where each binds.
 PEER_LISTENERS: Final = (
@@ -151,15 +133,24 @@ class ClusterPlan:
     def view(self, host: str) -> WorkerPlan | None:
         """What ``host`` renders: its own workers, the cluster's shared config, nginx on the
         main host. ``main`` is the cluster's main process: on a workers host it runs elsewhere
-        (``view.main.machine != host``). None for a retired host.
+        (``runs_main`` False, ``peers``: the main host's processes, which Redis counts too).
+        None for a retired host.
 
         Raises:
             KeyError: ``host`` is not in this cluster.
         """
         if self.roles[host] == ROLE_RETIRED:
             return None
-        nginx = self.nginx if host == self.main_host else None
-        return WorkerPlan(self.main, self.machine_workers[host], self.shared, nginx)
+        if host == self.main_host:
+            return WorkerPlan(self.main, self.machine_workers[host], self.shared, self.nginx)
+        return WorkerPlan(
+            self.main,
+            self.machine_workers[host],
+            self.shared,
+            None,
+            runs_main=False,
+            peers=len(self.own_processes(self.main_host)),
+        )
 
     def own_processes(self, host: str) -> tuple[Process, ...]:
         """The processes that run on ``host`` (main's only on the main host)."""
@@ -197,6 +188,12 @@ def plan_inventory(data: Mapping[str, Mapping[str, Any]], host: str) -> ClusterP
         SettingsError: a bad setting on any host of the cluster, or a rule between its hosts,
             each problem naming its host.
     """
+    return plan_cluster(cluster_settings(data, host))
+
+
+def cluster_settings(data: Mapping[str, Mapping[str, Any]], host: str) -> dict[str, Settings]:
+    """The settings of every host of ``host``'s cluster, in inventory order (``plan_inventory``'s
+    arguments and errors)."""
     members = clusters({h: str(d.get(DOMAIN_KEY)) for h, d in data.items()})[
         str(data[host].get(DOMAIN_KEY))
     ]
@@ -209,7 +206,7 @@ def plan_inventory(data: Mapping[str, Mapping[str, Any]], host: str) -> ClusterP
             problems += [f"{member}: {p}" for p in error.problems]
     if problems:
         raise SettingsError(problems)
-    return plan_cluster(settings)
+    return settings
 
 
 def plan_cluster(hosts: Mapping[str, Settings]) -> ClusterPlan:
@@ -343,6 +340,41 @@ def _host_rules(active: Mapping[str, Settings]) -> list[str]:
                     "allowed: one address per machine (one machine is one inventory host)"
                 )
     return problems
+
+
+def secret_problems(hosts: Mapping[str, Settings]) -> list[str]:
+    """The secrets a cluster of more than one machine shares: the replication secret and the
+    Redis password, given on every machine and the same on each (values never printed). Checked
+    by the deploy's entry (``deploys/components/plan.py``) with the plan, before any host
+    changes; one machine needs neither."""
+    active = {h: s for h, s in hosts.items() if s.cluster.role != ROLE_RETIRED}
+    if len(active) < 2:
+        return []
+    return [
+        *_shared_secret(
+            active, SECRET_KEY, {h: s.cluster.replication_secret for h, s in active.items()}
+        ),
+        *_shared_secret(
+            active, REDIS_PASSWORD_KEY, {h: s.redis.password for h, s in active.items()}
+        ),
+    ]
+
+
+def _shared_secret(
+    active: Mapping[str, Settings], key: str, values: Mapping[str, str | None]
+) -> list[str]:
+    missing = [h for h, v in values.items() if v is None]
+    if missing:
+        return [
+            f"{_hosts(missing)}: {key} = None: the cluster has {len(active)} machines, which "
+            "must share it; allowed: the same secret on every host (e.g. in group_data)"
+        ]
+    if len(set(values.values())) > 1:
+        return [
+            f"{_hosts(values)}: {key} differs between the hosts (values not shown); allowed: "
+            "the same secret on every host of the cluster"
+        ]
+    return []
 
 
 def _normal(address: str) -> str:

@@ -121,7 +121,7 @@ def change_of(f: DesiredFile) -> Change:
 def compare(desired: DesiredState, host: HostState) -> Drift:
     missing = [
         path
-        for path in (*desired.secrets, desired.signing_key)
+        for path in (*desired.secrets, *([desired.signing_key] if desired.signing_key else []))
         if not secret_present(host.files[path].size if path in host.files else None)
     ]
     directories = [

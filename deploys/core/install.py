@@ -28,6 +28,8 @@ POSTGRESQL_PACKAGES: Final = ("postgresql",)
 # TLS on: openssl (the certificate fact, the placeholder); "acme": certbot too.
 TLS_PACKAGES: Final = ("openssl",)
 ACME_PACKAGES: Final = ("certbot",)
+# What only the main host of a cluster runs (a workers host reaches the main host's).
+SHARED_PACKAGES: Final = ("redis-server", "nginx-light")
 
 
 # The probes the install fact and the install script share: is the Debian package in ``$p``
@@ -38,7 +40,11 @@ PACKAGE_INSTALLED: Final = (
 SYNAPSE_VERSION: Final = "import synapse; print(synapse.__version__)"
 
 
-def packages(settings: Settings) -> tuple[str, ...]:
+def packages(settings: Settings, shared: bool = True) -> tuple[str, ...]:
+    """The Debian packages; ``shared``: the host runs what a cluster shares (Redis, nginx,
+    PostgreSQL, the certificate): its main host."""
+    if not shared:
+        return tuple(p for p in BASE_PACKAGES if p not in SHARED_PACKAGES)
     postgresql = POSTGRESQL_PACKAGES if settings.database.install_postgresql else ()
     tls = TLS_PACKAGES if settings.tls.enabled else ()
     acme = ACME_PACKAGES if settings.tls.mode == "acme" else ()
@@ -49,7 +55,7 @@ def synapse_requirement(settings: Settings) -> str:
     return f"matrix-synapse[postgres,redis]=={settings.install.version}"
 
 
-def install_script(settings: Settings) -> str:
+def install_script(settings: Settings, shared: bool = True) -> str:
     """A POSIX shell script installing missing packages and the pinned Synapse into the venv.
 
     It changes nothing when everything is present, and prints one ``pyinfra-synapse:`` line per
@@ -58,7 +64,7 @@ def install_script(settings: Settings) -> str:
     venv = shlex.quote(settings.install.venv_path)
     version = shlex.quote(settings.install.version)
     requirement = shlex.quote(synapse_requirement(settings))
-    wanted = " ".join(packages(settings))
+    wanted = " ".join(packages(settings, shared))
     return f"""set -eu
 export DEBIAN_FRONTEND=noninteractive
 missing=""

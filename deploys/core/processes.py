@@ -101,17 +101,23 @@ class WorkerPlan:
     """The Synapse processes of one machine and the shared config that ties them together.
 
     ``nginx`` is the listener of the nginx server in front of them (None when nginx is off): not a
-    Synapse process, but its port is checked with theirs.
+    Synapse process, but its port is checked with theirs. ``runs_main``: the main process runs on
+    this machine (False on a cluster's workers host, ``deploys.core.cluster``: ``main`` runs
+    elsewhere); ``peers`` counts the processes of other machines that are up before this one
+    applies (the main host's), so Redis counts them too.
     """
 
     main: Process
     workers: tuple[Process, ...]
     shared: SharedWorkerConfig
     nginx: Listener | None
+    runs_main: bool = True
+    peers: int = 0
 
     @property
     def processes(self) -> tuple[Process, ...]:
-        return (self.main, *self.workers)
+        """The processes that run on this machine."""
+        return (self.main, *self.workers) if self.runs_main else self.workers
 
     def worker(self, name: str) -> Process:
         return next(w for w in self.workers if w.name == name)

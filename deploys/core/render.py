@@ -7,12 +7,14 @@ nginx routes (``deploys.core.routing``) are models; this module turns them into 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
+import ipaddress
 import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import jinja2
 import yaml
@@ -35,7 +37,10 @@ from deploys.core.routing import (
 from deploys.core.settings import REPO_ROOT, NginxSettings, Settings
 from deploys.core.tls import TlsServers, tls_servers
 from deploys.host.manifest import Directory, DrainSpec, Readiness, RedisCheck, SynapseCheck
-from deploys.host.units import EVERY_PROCESS, MAIN, TARGET_UNIT
+from deploys.host.units import EVERY_PROCESS, MAIN, MAIN_UNIT, TARGET_UNIT
+
+if TYPE_CHECKING:
+    from deploys.core.cluster import ClusterPlan
 
 TEMPLATES_DIR: Final = REPO_ROOT / "templates"
 LIMITS_DROPIN: Final = "50-pyinfra-synapse-limits.conf"
@@ -85,6 +90,10 @@ class Paths:
     @property
     def pgpass(self) -> str:
         return f"{self.secrets_dir}/database.pgpass"
+
+    @property
+    def redis_password(self) -> str:
+        return f"{self.secrets_dir}/redis.password"
 
     def worker_config(self, name: str) -> str:
         return f"{self.workers_dir}/{name}.yaml"
@@ -139,9 +148,10 @@ class DesiredState:
     # Shell globs of files we own; a match that is not in ``files`` is stale and gets removed.
     owned_globs: tuple[str, ...]
     readiness: Readiness
-    # Generated on the host once, never replaced: shared secrets and Synapse's signing key.
+    # Generated on the host once, never replaced: shared secrets and Synapse's signing key
+    # (None: none, on a retired host).
     secrets: tuple[str, ...]
-    signing_key: str
+    signing_key: str | None
     # How the host checks Synapse configs before restarting (None: no check).
     synapse_check: SynapseCheck | None
     # Directories we write into but share: files there that are not ours are listed, never touched.
@@ -168,14 +178,21 @@ def render_template(name: str, **context: Any) -> str:
     return _environment().get_template(name).render(**context)
 
 
-def nginx_config(plan: WorkerPlan, nginx: NginxSettings, tls: TlsServers | None = None) -> str:
+def nginx_config(
+    plan: WorkerPlan,
+    nginx: NginxSettings,
+    tls: TlsServers | None = None,
+    cluster: ClusterPlan | None = None,
+) -> str:
     """The nginx ``conf.d`` file routing client and federation traffic for ``plan``.
 
     Args:
         plan: the worker plan of one machine (built from the same settings: its port check
-            covered nginx's port).
+            covered nginx's port), or a cluster's (``ClusterPlan.combined``).
         nginx: the checked nginx settings.
         tls: the public TLS servers (``deploys.core.tls``), or None for none.
+        cluster: with several machines, the processes of the other machines are reached at
+            their machine's private address (which their HTTP listeners bind).
 
     Returns:
         The file's content: maps, a log format, upstreams, the plain ``server`` and, with
@@ -183,7 +200,7 @@ def nginx_config(plan: WorkerPlan, nginx: NginxSettings, tls: TlsServers | None 
     """
     return render_template(
         "nginx/synapse-workers.conf.j2",
-        routes=nginx_routes(plan, nginx),
+        routes=nginx_routes(plan, nginx, _peer_reach(cluster)),
         main_upstream=MAIN_UPSTREAM,
         upstream_header=UPSTREAM_HEADER,
         upstream_header_variable=UPSTREAM_HEADER_VARIABLE,
@@ -192,23 +209,31 @@ def nginx_config(plan: WorkerPlan, nginx: NginxSettings, tls: TlsServers | None 
     )
 
 
-def desired_state(settings: Settings, plan: WorkerPlan) -> DesiredState:
+def desired_state(
+    settings: Settings, plan: WorkerPlan, cluster: ClusterPlan | None = None
+) -> DesiredState:
     """The host's whole desired file set for ``plan``.
 
     Args:
         settings: validated settings.
-        plan: the worker plan built from the same settings.
+        plan: the worker plan built from the same settings (a cluster host's view).
+        cluster: the whole cluster when ``plan`` is one machine's view of it: the main host
+            routes (nginx) and lists metrics targets for every machine's workers; a workers host
+            (``plan.runs_main`` False) has no main unit and no nginx file, and reaches Redis and
+            PostgreSQL left at loopback at the main host's private address.
 
     Returns:
         Files by path, the directories they live in, and the globs of files we own.
     """
     paths = paths_for(settings)
+    settings = on_this_machine(settings, plan, cluster)
     context = {
         "settings": settings,
         "plan": plan,
         "paths": paths,
         "shared": plan.shared,
         "pgpass": paths.pgpass if settings.database.password else None,
+        "redis_password": paths.redis_password if settings.redis.password else None,
     }
     files: dict[str, DesiredFile] = {}
 
@@ -240,6 +265,12 @@ def desired_state(settings: Settings, plan: WorkerPlan) -> DesiredState:
             restarts=everyone,
             secret=True,
         )
+    # Secrets the operator gives (the same on every machine) are written, not generated.
+    given = {paths.secrets["replication"]: settings.cluster.replication_secret}
+    given[paths.redis_password] = settings.redis.password
+    for path, value in given.items():
+        if value is not None:
+            add(path, value, 0o600, settings.user, restarts=everyone, secret=True)
     for worker in plan.workers:
         add(
             paths.worker_config(worker.name),
@@ -248,9 +279,10 @@ def desired_state(settings: Settings, plan: WorkerPlan) -> DesiredState:
         )
     _add_units(settings, plan, paths, add)
     drain = None
-    if settings.nginx.enabled:
+    routed = cluster.combined if cluster is not None and cluster.multi_machine else plan
+    if settings.nginx.enabled and plan.runs_main:
         # nginx reads it at reload; `nginx -t` must pass first, or the old file is put back.
-        nginx_file = nginx_config(plan, settings.nginx, tls_servers(settings))
+        nginx_file = nginx_config(routed, settings.nginx, tls_servers(settings), cluster)
         add(
             settings.nginx.config_path,
             nginx_file,
@@ -267,9 +299,9 @@ def desired_state(settings: Settings, plan: WorkerPlan) -> DesiredState:
             check=NGINX_CHECK,
         )
     file_sd = settings.metrics.file_sd_path
-    if settings.metrics_enabled and file_sd:
+    if settings.metrics_enabled and file_sd and plan.runs_main:
         # Prometheus re-reads file_sd files itself: a change restarts and reloads nothing.
-        targets = scrape_targets(plan.processes, settings.domain)
+        targets = scrape_targets(*_metrics_reach(routed, cluster, settings.domain))
         add(file_sd, file_sd_json(targets), mode=0o644, group="root")
     synapse_check = None
     if settings.config_check:
@@ -279,17 +311,43 @@ def desired_state(settings: Settings, plan: WorkerPlan) -> DesiredState:
             conf_d=paths.conf_d,
             workers_dir=paths.workers_dir,
         )
+    # A host that no longer runs main (or nginx) removes their files like any stale file of ours.
+    elsewhere = () if plan.runs_main else (paths.unit(MAIN_UNIT), settings.nginx.config_path)
     return DesiredState(
         files,
         _directories(settings, paths),
-        (*_owned_globs(paths), *([file_sd] if file_sd else [])),  # removed once metrics are off
+        # The file_sd file is removed once metrics are off.
+        (*_owned_globs(paths), *([file_sd] if file_sd else []), *elsewhere),
         _readiness(settings, plan),
-        tuple(paths.secrets.values()),
+        tuple(p for p in paths.secrets.values() if p not in files),
         paths.signing_key,
         synapse_check,
         (paths.workers_dir, paths.conf_d),
         drain,
     )
+
+
+def retired_state(settings: Settings) -> DesiredState:
+    """A retired host's desired state: nothing of ours. Every file we write (main's and the
+    workers' configs, units, drop-ins, the nginx and file_sd files, the secrets we were given)
+    matches an owned path, so the stale cleanup removes it and the units are stopped and
+    disabled. Kept: the data and media directories, and the secrets generated on the host other
+    than the replication secret, with the signing key (on a host that was main, the
+    homeserver's identity)."""
+    paths = paths_for(settings)
+    file_sd = settings.metrics.file_sd_path
+    owned = (
+        *_owned_globs(paths),
+        *([file_sd] if file_sd else []),
+        *(paths.unit(u) for u in (MAIN_UNIT, WORKER_UNIT_TEMPLATE, TARGET_UNIT)),
+        paths.homeserver,
+        paths.shared_workers,
+        paths.log_config,
+        paths.redis_password,
+        paths.secrets["replication"],  # the cluster's network credential
+        settings.nginx.config_path,
+    )
+    return DesiredState({}, (), owned, Readiness(0), (), None, None, (), None)
 
 
 def health_ports(plan: WorkerPlan) -> dict[str, int]:
@@ -335,7 +393,8 @@ def _readiness(settings: Settings, plan: WorkerPlan) -> Readiness:
             port=redis.port,
             path=redis.path,
             channel=settings.domain,
-            subscribers=len(plan.processes),
+            subscribers=len(plan.processes) + plan.peers,
+            password_path=paths_for(settings).redis_password if redis.password else None,
         ),
     )
 
@@ -371,7 +430,7 @@ def _add_units(settings: Settings, plan: WorkerPlan, paths: Paths, add: Any) -> 
     }
     worker_names = frozenset(w.name for w in plan.workers)
     units = (
-        ("matrix-synapse.service", frozenset({MAIN})),
+        *([(MAIN_UNIT, frozenset({MAIN}))] if plan.runs_main else []),
         (WORKER_UNIT_TEMPLATE, worker_names),
         (TARGET_UNIT, frozenset()),
     )
@@ -385,7 +444,7 @@ def _add_units(settings: Settings, plan: WorkerPlan, paths: Paths, add: Any) -> 
             unit_file=True,
         )
     limited: list[tuple[Process, Mapping[str, str]]] = []
-    if settings.limits.main:
+    if settings.limits.main and plan.runs_main:
         limited.append((plan.main, settings.limits.main))
     for worker in plan.workers:
         limits = settings.limits.workers.get(worker.worker_type.key)  # type: ignore[union-attr]
@@ -420,4 +479,88 @@ def _owned_globs(paths: Paths) -> tuple[str, ...]:
         paths.pgpass,
         paths.limits_dropin("matrix-synapse.service"),
         paths.limits_dropin("matrix-synapse-worker@*.service"),
+    )
+
+
+def on_this_machine(settings: Settings, plan: WorkerPlan, cluster: ClusterPlan | None) -> Settings:
+    """``settings`` as this machine uses them: on a workers host, Redis and PostgreSQL left at
+    loopback are the main host's, reached at its private address."""
+    if cluster is None or plan.runs_main:
+        return settings
+    main_address = cluster.private_addresses[cluster.main_host]
+    if main_address is None:  # a multi-machine cluster has one (the cluster plan checked it)
+        return settings
+    redis, database = settings.redis, settings.database
+    if redis.path is None and _is_loopback(redis.host):
+        redis = dataclasses.replace(redis, host=main_address)
+    if _is_loopback(database.host):
+        database = dataclasses.replace(database, host=main_address)
+    return dataclasses.replace(settings, redis=redis, database=database)
+
+
+def _peer_reach(cluster: ClusterPlan | None) -> Any:
+    """How nginx on the main host reaches a process: on its own machine at an address the
+    listener binds, on another machine of the cluster at that machine's private address."""
+    if cluster is None or not cluster.multi_machine:
+        return None
+
+    def reach(process: Process) -> str:
+        address = cluster.private_addresses[process.machine]
+        if process.machine == cluster.main_host or address is None:
+            http = process.listener("http")
+            assert http is not None
+            return connect_address(http.bind_addresses)
+        return address
+
+    return reach
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _metrics_reach(plan: WorkerPlan, cluster: ClusterPlan | None, domain: str) -> tuple[Any, ...]:
+    """``scrape_targets``' arguments for the main host's file: every process of the cluster that
+    a Prometheus on the main host can reach: its own at an address their listener binds, the
+    other machines' at their private address where their metrics listener binds it (or every
+    address); a metrics listener bound to loopback on another machine is left out."""
+    if cluster is None or not cluster.multi_machine:
+        return plan.processes, domain
+
+    def reachable(process: Process) -> bool:
+        listener = process.listener("metrics")
+        if listener is None or process.machine == cluster.main_host:
+            return True
+        address = cluster.private_addresses[process.machine]
+        return any(
+            a == address or ipaddress.ip_address(a).is_unspecified for a in listener.bind_addresses
+        )
+
+    def reach(process: Process, listener: Listener) -> str:
+        if process.machine == cluster.main_host:
+            return connect_address(listener.bind_addresses)
+        address = cluster.private_addresses[process.machine]
+        assert address is not None
+        return address
+
+    return tuple(p for p in plan.processes if reachable(p)), domain, reach
+
+
+def redis_server_config(settings: Settings, cluster: ClusterPlan) -> str | None:
+    """The main host's Redis settings for a cluster of several machines (``bind`` and
+    ``requirepass``), or None when Redis is not this host's (a Unix socket or another host) or
+    the cluster has one machine. A ``-`` before the private address: Redis starts without it if
+    the address is missing (the workers hosts then fail their readiness, naming Redis), rather
+    than failing to start for the main host too."""
+    redis = settings.redis
+    address = cluster.private_addresses.get(cluster.main_host)
+    if not cluster.multi_machine or redis.path or not _is_loopback(redis.host) or not address:
+        return None
+    return render_template(
+        "redis/pyinfra-synapse.conf.j2", address=address, password=redis.password
     )

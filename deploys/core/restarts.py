@@ -27,12 +27,14 @@ def topology(plan: WorkerPlan) -> Topology:
     )
 
 
-def restart_spec(settings: Settings, plan: WorkerPlan) -> RestartSpec:
-    """The planner's inputs for ``plan``: strategy, batch size, classes, topology."""
+def restart_spec(settings: Settings, plan: WorkerPlan | None) -> RestartSpec:
+    """The planner's inputs for ``plan``: strategy, batch size, classes, topology, whether main
+    runs here (``plan`` None: a retired host, nothing runs)."""
     return RestartSpec(
         strategy=settings.restarts.strategy,
         batch_percent=settings.restarts.batch_percent,
-        classes={w.name: process_class(w) for w in plan.workers},
-        topology=topology(plan),
+        classes={w.name: process_class(w) for w in plan.workers} if plan is not None else {},
+        topology=topology(plan) if plan is not None else Topology(),
         topology_file=paths_for(settings).shared_workers,
+        runs_main=plan is not None and plan.runs_main,
     )

@@ -43,7 +43,7 @@ class's upstream. A new routing class needs a ``POOL_BALANCE`` entry and its rul
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
@@ -338,18 +338,23 @@ _FORWARDED_PROTO_MAP: Final = NginxMap(
 )
 
 
-def nginx_routes(plan: WorkerPlan, nginx: NginxSettings) -> NginxRoutes:
+def nginx_routes(
+    plan: WorkerPlan, nginx: NginxSettings, reach: Callable[[Process], str] | None = None
+) -> NginxRoutes:
     """nginx's maps, upstreams, ordered locations and server directives for ``plan``.
 
     Args:
-        plan: the worker plan of one machine (its port check covered nginx's port).
+        plan: the worker plan of one machine (its port check covered nginx's port), or a
+            cluster's (``ClusterPlan.combined``).
         nginx: the nginx settings.
+        reach: the address nginx connects to a process's HTTP listener at (a cluster: each
+            worker at its machine's private address); by default one the listener binds.
 
     Returns:
         The routes; with no workers that serve HTTP, no locations (``location /`` is main).
     """
-    pools = _pools(plan)
-    main = _server(plan.main)
+    pools = _pools(plan, reach)
+    main = _server(plan.main, reach)
     upstreams: dict[str, Upstream] = {
         MAIN_UPSTREAM: Upstream(name=MAIN_UPSTREAM, servers=(main,), balance=None)
     }
@@ -432,14 +437,16 @@ def _server_directives(nginx: NginxSettings) -> NginxServer:
 # --- Helpers ----------------------------------------------------------------------------------
 
 
-def _pools(plan: WorkerPlan) -> dict[tuple[Routing, str | None], tuple[Server, ...]]:
+def _pools(
+    plan: WorkerPlan, reach: Callable[[Process], str] | None
+) -> dict[tuple[Routing, str | None], tuple[Server, ...]]:
     pools: dict[tuple[Routing, str | None], list[Server]] = {}
     for worker in plan.workers:
         t = worker.worker_type
         if t is None or t.routing is Routing.NONE or worker.listener("http") is None:
             continue
         stream = worker.stream.name if t.routing is Routing.STREAM and worker.stream else None
-        pools.setdefault((t.routing, stream), []).append(_server(worker))
+        pools.setdefault((t.routing, stream), []).append(_server(worker, reach))
     return {key: tuple(servers) for key, servers in pools.items()}
 
 
@@ -465,10 +472,11 @@ def _short(upstream: str) -> str:
     return upstream.removeprefix("synapse_").removeprefix("stream_")
 
 
-def _server(process: Process) -> Server:
+def _server(process: Process, reach: Callable[[Process], str] | None) -> Server:
     http = process.listener("http")
     assert http is not None, process.name
-    address = f"{_host(connect_address(http.bind_addresses))}:{http.port}"
+    host = reach(process) if reach else connect_address(http.bind_addresses)
+    address = f"{_host(host)}:{http.port}"
     return Server(address=address, process=process.name)
 
 

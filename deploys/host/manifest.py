@@ -88,6 +88,7 @@ class RedisCheck:
     path: str | None
     channel: str
     subscribers: int
+    password_path: str | None = None  # a file holding the password Redis requires (AUTH)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -122,6 +122,10 @@ def redis_subscribers(redis: RedisCheck) -> int:
 
     channel = redis.channel.encode()
     request = b"*3\r\n$6\r\nPUBSUB\r\n$6\r\nNUMSUB\r\n$%d\r\n%s\r\n" % (len(channel), channel)
+    if redis.password_path:  # AUTH first, pipelined: "+OK" then the count
+        with open(redis.password_path, "rb") as stream:
+            password = stream.read().strip()
+        request = b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(password), password) + request
     if redis.path:
         conn = socket.socket(socket.AF_UNIX)
         conn.settimeout(2)

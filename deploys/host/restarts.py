@@ -90,6 +90,9 @@ class RestartSpec:
     topology: Topology
     topology_file: str
     state_path: str = STATE_PATH
+    # False on a cluster's workers host or a retired one: main runs on another machine, so it
+    # is never started here (a main unit found running, e.g. on a former main host, is stale).
+    runs_main: bool = True
 
 
 def batch_size(class_size: int, percent: int) -> int:
@@ -289,6 +292,12 @@ def plan_restarts(
 
     planned_units = {worker_unit(n) for n in planned}
     stale = sorted(u for u in units if worker_name(u) and u not in planned_units)
+    mains = [MAIN] if spec.runs_main else []
+    if not spec.runs_main:
+        # The target last: stopping it stops its workers, which systemd cannot find by name
+        # once their template unit file is gone (a retired host).
+        target = [] if planned else [TARGET_UNIT]
+        stale = [u for u in (MAIN_UNIT, *stale, *target) if u in units]
     running_stale = [
         u
         for u in stale
@@ -300,14 +309,14 @@ def plan_restarts(
     # Why each process restarts: the first change that concerns it.
     reason: dict[str, str] = {}
     for change in changes:
-        names = [*planned, MAIN] if EVERY_PROCESS in change.restarts else change.restarts
+        names = [*planned, *mains] if EVERY_PROCESS in change.restarts else change.restarts
         for name in names:
             reason.setdefault(name, f"{_basename(change.path)} changed")
     for change in changes:
         if EVERY_PROCESS in change.reloads:
             # Synapse handles SIGHUP only once started (before, it would kill it): restart a
             # process still starting instead, it may have read the old file.
-            for name in (MAIN, *planned):
+            for name in (*mains, *planned):
                 if state(unit_of(name)).active_state == "activating":
                     reason.setdefault(name, f"{_basename(change.path)} changed while it started")
 
@@ -327,12 +336,14 @@ def plan_restarts(
         if hit
     )
 
-    main_active = state(MAIN_UNIT).active
+    main_active = state(MAIN_UNIT).active and spec.runs_main
     running = {n for n in planned if state(worker_unit(n)).active}
     cold = not main_active and not running
 
     # What each planned process needs: "restart" (running, concerned), "start" (not running).
     def need(name: str) -> str | None:
+        if name == MAIN and not spec.runs_main:
+            return None
         active = main_active if name == MAIN else name in running
         if not active:
             return "start"
@@ -368,7 +379,7 @@ def plan_restarts(
     if cold:
         first = Wave(start=(MAIN_UNIT,), reasons={MAIN_UNIT: why(MAIN, "start")})
         rest = tuple(worker_unit(n) for n in planned)
-        waves = [first] + (
+        waves = ([first] if spec.runs_main else []) + (
             [Wave(start=rest, reasons={worker_unit(n): why(n, "start") for n in planned})]
             if rest
             else []
@@ -380,7 +391,7 @@ def plan_restarts(
             for unit in stale_members(group):
                 wave.stop.append(unit)
                 wave.reasons[unit] = "no longer planned; stream_writers.events changed"
-        for name in (MAIN, *planned):
+        for name in (*mains, *planned):
             unit = unit_of(name)
             if need(name) == "start":
                 wave.add(unit, "start", why(name, "start"))
@@ -398,17 +409,18 @@ def plan_restarts(
     # Reloads: a Synapse unit gets a SIGHUP only when it runs and no wave (re)starts it.
     touched = {u for w in waves for u in (*w.ready_units(), *w.stop)}
     asked = {u for c in changes for u in c.reloads}
-    synapse = [MAIN_UNIT, *(worker_unit(n) for n in planned)]
+    synapse = [*map(unit_of, mains), *(worker_unit(n) for n in planned)]
     if EVERY_PROCESS not in asked:
         synapse = [u for u in synapse if u in asked]
     others = sorted(u for u in asked - {EVERY_PROCESS} if not is_synapse(u))
     reload = tuple(
         u for u in (*synapse, *others) if state(u).active_state == "active" and u not in touched
     )
-    start_after = tuple(u for u in (TARGET_UNIT, *others) if not state(u).active)
+    target = [TARGET_UNIT] if spec.runs_main or planned else []
+    start_after = tuple(u for u in (*target, *others) if not state(u).active)
     enable = tuple(
         u
-        for u in (MAIN_UNIT, TARGET_UNIT, *(worker_unit(n) for n in planned))
+        for u in (*map(unit_of, mains), *target, *(worker_unit(n) for n in planned))
         if not state(u).enabled
     )
     return RestartPlan(
@@ -431,7 +443,7 @@ def _rolling_waves(planned, spec, need, why, senders, pushers, stale_members) ->
     pusher_names = set(spec.topology.pushers)
     sender_names = set(spec.topology.federation_senders)
 
-    main_need = need(MAIN) or ("restart" if pushers else None)
+    main_need = need(MAIN) or ("restart" if pushers and spec.runs_main else None)
     first = _WaveBuilder()
     if main_need:
         reason = why(MAIN, main_need) if need(MAIN) else "pusher_instances changed"

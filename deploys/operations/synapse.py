@@ -146,7 +146,11 @@ def fact_globs(desired: DesiredState) -> list[str]:
 def fact_paths(desired: DesiredState) -> list[str]:
     """Managed files (and generated secrets) the fact's globs do not cover, by path."""
     globs = fact_globs(desired)
-    wanted = [*desired.files, *desired.secrets, desired.signing_key]
+    wanted = [
+        *desired.files,
+        *desired.secrets,
+        *([desired.signing_key] if desired.signing_key else []),
+    ]
     return sorted(p for p in dict.fromkeys(wanted) if not is_owned(p, globs))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from deploys.core.settings.reader import Reader
@@ -39,11 +39,15 @@ class ClusterSettings:
             one at, or None (allowed only while the cluster has one machine).
         media_store_shared: ``media_store_path`` is storage shared by every machine that runs
             media repository workers, so they may run on more than one machine.
+        replication_secret: the ``worker_replication_secret`` every process of the cluster
+            shares (required with more than one machine, the same on each; never printed), or
+            None: each machine generates its own (enough for one machine).
     """
 
     role: str
     private_address: str | None
     media_store_shared: bool
+    replication_secret: str | None = field(repr=False)
 
 
 def is_private_address(value: Any) -> bool:
@@ -78,4 +82,15 @@ def read(r: Reader) -> ClusterSettings:
             "this one at (not loopback, unspecified or multicast), e.g. '10.0.0.2'",
         ),
         media_store_shared=r.boolean("matrix_synapse_media_store_shared"),
+        replication_secret=r.check(
+            "matrix_synapse_worker_replication_secret",
+            lambda v: v is None or _is_secret(v),
+            "allowed: None or a single-line string of at least 32 characters without spaces, "
+            "e.g. from python3 -c 'import secrets; print(secrets.token_urlsafe(32))'",
+        ),
     )
+
+
+def _is_secret(value: Any) -> bool:
+    """Synapse compares it with the ``Bearer`` token of an HTTP header: one printable word."""
+    return isinstance(value, str) and len(value) >= 32 and value.isprintable() and " " not in value
