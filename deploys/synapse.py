@@ -32,7 +32,9 @@ except SettingsError as error:
 if settings.install.enabled and plan is not None:
     install(settings, shared=runs_main)
 if runs_main and settings.database.install_postgresql:
-    database(settings, cluster.combined)  # sized for every machine's workers
+    addresses = [a for a in cluster.private_addresses.values() if a]
+    # Sized for every machine's workers; open to the other machines.
+    database(settings, cluster.combined, addresses if cluster.multi_machine else None)
 if runs_main and cluster.multi_machine:
     redis_server(settings, cluster)
 if runs_main and settings.tls.enabled and settings.nginx.enabled:

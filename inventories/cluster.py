@@ -2,7 +2,7 @@
 # `pyinfra inventories/cluster.py deploys/synapse.py`.
 #
 # Every host of this file with the same matrix_domain is one cluster. matrix-1 runs the main
-# process, nginx and Redis; matrix-2 and matrix-3 run only the workers their own counts plan
+# process, nginx, Redis and PostgreSQL; matrix-2 and matrix-3 run only the workers their own counts plan
 # (names are numbered across the cluster: generic-0 .. generic-7 on matrix-2). Each machine
 # reaches the others at its matrix_synapse_private_address (a private network).
 #
@@ -56,9 +56,9 @@ synapse_cluster = (
         "ssh_user": "deploy",
         "_sudo": True,
         "matrix_domain": "example.org",
-        # PostgreSQL every machine reaches (the deploy does not yet open the main host's
-        # PostgreSQL to the private network: README, "Several machines").
-        "matrix_synapse_database_host": "10.0.0.10",
+        # PostgreSQL on the main host, which lets every machine of the cluster in (their
+        # private addresses, scram-sha-256); workers hosts reach it at matrix-1's address.
+        "matrix_synapse_database_install_postgresql": True,
         "matrix_synapse_database_password": os.environ.get("SYNAPSE_DB_PASSWORD"),
         "matrix_synapse_worker_replication_secret": os.environ.get("SYNAPSE_REPLICATION_SECRET"),
         "matrix_synapse_redis_password": os.environ.get("SYNAPSE_REDIS_PASSWORD"),

@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Final
@@ -178,3 +179,70 @@ def scram_matches(verifier: str | None, password: str) -> bool:
     return hmac.compare_digest(expected_stored, stored_key) and hmac.compare_digest(
         expected_server, server_key
     )
+
+
+# --- A cluster's PostgreSQL on the main host ----------------------------------------------------
+
+HBA_BEGIN: Final = "# BEGIN pyinfra-synapse: the cluster's machines (managed; first match wins)"
+HBA_END: Final = "# END pyinfra-synapse"
+
+
+@dataclass(frozen=True)
+class HbaRule:
+    """One ``host`` line of ``pg_hba.conf`` as ``pg_hba_file_rules`` shows it."""
+
+    database: str
+    user: str
+    address: str
+    netmask: str
+    method: str = "scram-sha-256"
+
+    def line(self) -> str:
+        prefix = 32 if ":" not in self.address else 128
+        return f"host {self.database} {self.user} {self.address}/{prefix} {self.method}"
+
+
+@dataclass(frozen=True)
+class ClusterAccess:
+    """Where the main host's PostgreSQL listens and whom it lets in over the network."""
+
+    listen_addresses: str
+    rules: tuple[HbaRule, ...]
+
+
+def cluster_network(settings: Settings, addresses: Collection[str]) -> ClusterAccess:
+    """The main host's PostgreSQL for a cluster: it listens on loopback and the main host's
+    private address (``addresses``' first), and accepts the role on the database from every
+    machine's private address, with scram-sha-256 only (the rules come first in
+    ``pg_hba.conf``)."""
+    db = settings.database
+    rules = []
+    for address in addresses:
+        ip = ipaddress.ip_address(address)
+        netmask = str(ipaddress.ip_network(f"{ip}/{ip.max_prefixlen}").netmask)
+        rules.append(HbaRule(db.name, db.user, str(ip), netmask))
+    main = next(iter(addresses))
+    return ClusterAccess(f"localhost,{main}", tuple(rules))
+
+
+def hba_block(network: ClusterAccess) -> str:
+    """Our block of ``pg_hba.conf`` lines, between markers."""
+    return "\n".join([HBA_BEGIN, *(r.line() for r in network.rules), HBA_END]) + "\n"
+
+
+# Run by python3 on the host: put our block (stdin) first in the hba file (argv[1]), replacing
+# the previous one, atomically with the file's mode and owner.
+HBA_SCRIPT: Final = f"""
+import os, sys, tempfile
+path, block = sys.argv[1], sys.stdin.read()
+lines = open(path).read().splitlines(keepends=True)
+if {HBA_BEGIN!r} + "\\n" in lines and {HBA_END!r} + "\\n" in lines:
+    del lines[lines.index({HBA_BEGIN!r} + "\\n") : lines.index({HBA_END!r} + "\\n") + 1]
+st = os.stat(path)
+fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path))
+with os.fdopen(fd, "w") as out:
+    out.write(block + "".join(lines))
+os.chown(tmp, st.st_uid, st.st_gid)
+os.chmod(tmp, st.st_mode & 0o7777)
+os.rename(tmp, path)
+"""

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pyinfra.api import FactBase, QuoteString, StringCommand
 from typing_extensions import override
 
-from deploys.core.postgres import quote_literal
+from deploys.core.postgres import HbaRule, quote_literal
 from deploys.host.units import MAIN_UNIT, WORKER_UNIT_PREFIX
 
 
@@ -80,3 +80,56 @@ class PostgresDatabase(FactBase[Database]):
             elif kind == "max":
                 max_connections = int(rest)
         return Database(role_verifier, collation, max_connections, tuple(units))
+
+
+@dataclass(frozen=True)
+class Network:
+    """The local PostgreSQL's ``listen_addresses``, its hba file and that file's valid rules in
+    order; all empty before PostgreSQL is installed."""
+
+    listen_addresses: str | None = None
+    hba_file: str | None = None
+    rules: tuple[HbaRule, ...] = ()
+
+
+class PostgresNetwork(FactBase[Network]):
+    """
+    Returns the local PostgreSQL's ``listen_addresses``, the path of its ``pg_hba.conf`` and the
+    file's ``host`` rules in order (``pg_hba_file_rules``), in one command.
+
+    .. code:: python
+
+        host.get_fact(PostgresNetwork)
+    """
+
+    default = Network
+
+    @override
+    def command(self) -> StringCommand:
+        queries = [
+            "SELECT 'listen', setting FROM pg_settings WHERE name = 'listen_addresses'",
+            "SELECT 'hba', setting FROM pg_settings WHERE name = 'hba_file'",
+            "SELECT 'rule', type, array_to_string(database, ','), array_to_string(user_name, ','),"
+            " coalesce(address, ''), coalesce(netmask, ''), auth_method FROM pg_hba_file_rules"
+            " WHERE error IS NULL ORDER BY line_number",
+        ]
+        return StringCommand(
+            "if command -v psql >/dev/null; then runuser -u postgres -- psql -XAt -F '|'",
+            *[part for q in queries for part in ("-c", QuoteString(q))],
+            "|| exit 1; fi",
+        )
+
+    @override
+    def process(self, output: list[str]) -> Network:
+        listen, hba, rules = None, None, []
+        for line in output:
+            kind, _, rest = line.partition("|")
+            if kind == "listen":
+                listen = rest
+            elif kind == "hba":
+                hba = rest
+            elif kind == "rule":
+                kind, database, user, address, netmask, method = rest.split("|")
+                if kind == "host":
+                    rules.append(HbaRule(database, user, address, netmask, method))
+        return Network(listen, hba, tuple(rules))

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from pyinfra import host, logger, state
-from pyinfra.api import OperationError, StringCommand, operation
+from pyinfra.api import OperationError, QuoteString, StringCommand, operation
 
-from deploys.core.postgres import ConnectionRule, max_connections_sql, scram_matches
-from deploys.facts.postgres import PostgresDatabase
+from deploys.core.postgres import (
+    HBA_SCRIPT,
+    ClusterAccess,
+    ConnectionRule,
+    hba_block,
+    max_connections_sql,
+    quote_literal,
+    scram_matches,
+)
+from deploys.facts.postgres import PostgresDatabase, PostgresNetwork
 
 
 @operation()
@@ -54,3 +62,50 @@ def postgres_database(user: str, dbname: str, password: str, connections: Connec
     )
     if sizing.restart:
         yield StringCommand("systemctl restart postgresql")
+
+
+@operation()
+def postgres_network(network: ClusterAccess):
+    """
+    Open the local PostgreSQL to a cluster's machines: ``listen_addresses`` (a change restarts
+    PostgreSQL, and says so first) and our block of ``host ... scram-sha-256`` rules at the top
+    of ``pg_hba.conf`` (replaced as a whole, atomically; PostgreSQL reloads it).
+
+    + network: where to listen and whom to let in (``deploys.core.postgres.cluster_network``)
+
+    **Example:**
+
+    .. code:: python
+
+        postgres_network(
+            name="PostgreSQL for the cluster's machines",
+            network=cluster_network(settings, ["10.0.0.1", "10.0.0.2"]),
+        )
+    """
+    current = host.get_fact(PostgresNetwork)
+    if current.hba_file is None:
+        raise OperationError("PostgreSQL is not installed or not running: no hba_file to read")
+    listen = current.listen_addresses != network.listen_addresses
+    hba = current.rules[: len(network.rules)] != network.rules
+    if not listen and not hba:
+        host.noop(f"PostgreSQL listens on {network.listen_addresses} and lets the cluster in")
+        return
+    if hba:
+        yield StringCommand(
+            "python3", "-c", QuoteString(HBA_SCRIPT), current.hba_file, _stdin=hba_block(network)
+        )
+    if listen:
+        listen_sql = quote_literal(network.listen_addresses)
+        if not state.is_executing or not state.check_for_changes:
+            host.log(
+                f"listen_addresses {current.listen_addresses!r} -> "
+                f"{network.listen_addresses!r}: PostgreSQL restarts",
+                logger.warning,
+            )
+        yield StringCommand(
+            "runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -d postgres",
+            _stdin=f"ALTER SYSTEM SET listen_addresses = {listen_sql};\n",
+        )
+        yield StringCommand("systemctl restart postgresql")
+    else:
+        yield StringCommand("runuser -u postgres -- psql -XAtq -c 'SELECT pg_reload_conf()'")

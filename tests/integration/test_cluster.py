@@ -23,6 +23,7 @@ from tests.support.deploying import (
     pyinfra,
     write_inventory,
 )
+from tests.support.synapse_tree import E2E_SETTINGS, ensure_synapse_tree
 from tests.support.testhost import TestHost
 
 pytestmark = pytest.mark.integration
@@ -229,3 +230,49 @@ def test_three_machines_one_homeserver(tmp_path: Path, bridged_testhosts: Factor
     final = deploy()
     for host in (main, writers, senders):
         assert_no_changes(final, host.name, commands=None)
+
+
+def test_the_main_hosts_postgresql_lets_the_cluster_in_with_scram_only(
+    tmp_path: Path, bridged_testhosts: Factory
+) -> None:
+    tree = ensure_synapse_tree()  # PostgreSQL 15 installed and running
+    main, workers = bridged_testhosts(2, names=["hs-main.test", "hs-w.test"], tree=tree)
+    for host in (main, workers):
+        install_standin(host)
+    shape = {
+        main: {**E2E_SETTINGS, **machine(main, "main")},
+        workers: {**E2E_SETTINGS, **machine(workers, "workers", generic=1)},
+    }
+    inventory = write_inventory(tmp_path / "inventory.py", list(shape.items()))
+    first = pyinfra(tmp_path, inventory, "-y")
+    assert first.returncode == 0, first.output[-5000:]
+    password = E2E_SETTINGS["matrix_synapse_database_password"]
+
+    def query(sql: str, secret: str = password) -> Any:
+        return workers.ssh(
+            f"PGPASSWORD={secret} psql -h {main.address} -U synapse -d synapse -XAtc '{sql}'",
+            check=False,
+        )
+
+    assert query("SELECT 1").stdout.strip() == "1"
+    refused = query("SELECT 1", "wrong-password")
+    assert refused.returncode != 0 and "password authentication failed" in refused.stderr
+    # Only the role on its database, from the cluster's addresses, with scram-sha-256.
+    rules = main.ssh(
+        "runuser -u postgres -- psql -XAt -F ' ' -c \"SELECT type, database, user_name, address,"
+        ' auth_method FROM pg_hba_file_rules ORDER BY line_number LIMIT 2"; '
+        "runuser -u postgres -- psql -XAtc 'SHOW listen_addresses'"
+    ).stdout.splitlines()
+    assert rules == [
+        f"host {{synapse}} {{synapse}} {main.address} scram-sha-256",
+        f"host {{synapse}} {{synapse}} {workers.address} scram-sha-256",
+        f"localhost,{main.address}",
+    ]
+    other_db = workers.ssh(
+        f"PGPASSWORD={password} psql -h {main.address} -U synapse -d postgres -XAtc 'SELECT 1'",
+        check=False,
+    )
+    assert other_db.returncode != 0 and "no pg_hba.conf entry" in other_db.stderr
+    again = pyinfra(tmp_path, inventory)
+    for host in (main, workers):
+        assert_no_changes(again, host.name, commands=None)

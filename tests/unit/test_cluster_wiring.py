@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 import runpy
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 
 from deploys.core.cluster import ClusterPlan, plan_cluster, secret_problems
+from deploys.core.postgres import HBA_BEGIN, HBA_END, HBA_SCRIPT, cluster_network, hba_block
 from deploys.core.render import desired_state, redis_server_config, retired_state
 from deploys.core.restarts import restart_spec
 from deploys.core.settings import REPO_ROOT, Settings, parse_settings
@@ -203,3 +206,24 @@ def test_a_host_without_main_never_starts_it_and_stops_one_left_running() -> Non
     stopped = [*result.stop, *result.stop_after]
     assert stopped[-1] == TARGET_UNIT and set(stopped) == set(units)
     assert not result.waves and not result.start_after and not result.enable
+
+
+def test_the_hba_block_goes_first_and_replaces_the_previous_one(tmp_path: Any) -> None:
+    settings = parse_settings(make_data(matrix_synapse_database_password="pw"))
+    hba = tmp_path / "pg_hba.conf"
+    hba.write_text("local all postgres peer\nhost all all 127.0.0.1/32 scram-sha-256\n")
+    hba.chmod(0o640)
+    for addresses in (["10.0.0.1", "10.0.0.2"], ["10.0.0.1", "10.0.0.3"]):
+        network = cluster_network(settings, addresses)
+        subprocess.run(
+            [sys.executable, "-c", HBA_SCRIPT, str(hba)], input=hba_block(network), text=True
+        ).check_returncode()
+    assert network.listen_addresses == "localhost,10.0.0.1"
+    assert hba.read_text() == (
+        f"{HBA_BEGIN}\n"
+        "host synapse synapse 10.0.0.1/32 scram-sha-256\n"
+        "host synapse synapse 10.0.0.3/32 scram-sha-256\n"
+        f"{HBA_END}\n"
+        "local all postgres peer\nhost all all 127.0.0.1/32 scram-sha-256\n"
+    )
+    assert hba.stat().st_mode & 0o777 == 0o640
