@@ -2,9 +2,9 @@
 # `pyinfra inventories/cluster.py deploys/synapse.py`.
 #
 # Every host of this file with the same matrix_domain is one cluster. matrix-1 runs the main
-# process, nginx, Redis and PostgreSQL; matrix-2 and matrix-3 run only the workers their own counts plan
-# (names are numbered across the cluster: generic-0 .. generic-7 on matrix-2). Each machine
-# reaches the others at its matrix_synapse_private_address (a private network).
+# process, nginx, Redis and PostgreSQL; matrix-2 and matrix-3 run only the workers their own
+# counts plan (names are numbered across the cluster: generic-0 .. generic-7 on matrix-2).
+# Each machine reaches the others at its matrix_synapse_private_address (a private network).
 #
 # The secrets every machine shares come from the environment here; keep them out of the
 # repository. Generate each once: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'
