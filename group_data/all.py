@@ -167,7 +167,8 @@ matrix_synapse_tls_key_path = "/etc/nginx/matrix-synapse-tls/privkey.pem"
 matrix_synapse_tls_acme_directory_url = "https://acme-v02.api.letsencrypt.org/directory"
 # The ACME account's contact; None registers without one.
 matrix_synapse_tls_acme_email = None
-# CA bundle certbot trusts for the ACME directory (a private ACME server); None: the system's.
+# CA bundle certbot trusts for the ACME directory (a private ACME server), for the deploy's
+# certbot run and, through a certbot.service drop-in, its timer's renewals; None: the system's.
 matrix_synapse_tls_acme_ca_bundle = None
 # Where certbot writes HTTP-01 tokens and nginx serves them from.
 matrix_synapse_tls_acme_webroot = "/var/lib/matrix-synapse-acme"

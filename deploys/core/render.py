@@ -35,7 +35,7 @@ from deploys.core.routing import (
     nginx_routes,
 )
 from deploys.core.settings import REPO_ROOT, NginxSettings, Settings
-from deploys.core.tls import TlsServers, tls_servers
+from deploys.core.tls import CERTBOT_DROPIN, TlsServers, certbot_dropin, tls_servers
 from deploys.host.manifest import Directory, DrainSpec, Readiness, RedisCheck, SynapseCheck
 from deploys.host.units import EVERY_PROCESS, MAIN, MAIN_UNIT, TARGET_UNIT
 
@@ -103,6 +103,10 @@ class Paths:
 
     def limits_dropin(self, unit: str) -> str:
         return f"{self.systemd_dir}/{unit}.d/{LIMITS_DROPIN}"
+
+    @property
+    def certbot_dropin(self) -> str:
+        return f"{self.systemd_dir}/certbot.service.d/{CERTBOT_DROPIN}"
 
 
 def paths_for(settings: Settings) -> Paths:
@@ -298,6 +302,9 @@ def desired_state(
             unit=NGINX_UNIT,
             check=NGINX_CHECK,
         )
+    if dropin := certbot_dropin(settings):
+        # certbot's own timer renews: it must trust a private ACME server's CA as the deploy does.
+        add(paths.certbot_dropin, dropin, mode=0o644, group="root", unit_file=True)
     file_sd = settings.metrics.file_sd_path
     if settings.metrics_enabled and file_sd and plan.runs_main:
         # Prometheus re-reads file_sd files itself: a change restarts and reloads nothing.
@@ -479,6 +486,7 @@ def _owned_globs(paths: Paths) -> tuple[str, ...]:
         paths.pgpass,
         paths.limits_dropin("matrix-synapse.service"),
         paths.limits_dropin("matrix-synapse-worker@*.service"),
+        paths.certbot_dropin,
     )
 
 

@@ -38,6 +38,7 @@ PLACEHOLDER_CN: Final = "pyinfra-synapse placeholder"
 LETSENCRYPT_DIR: Final = "/etc/letsencrypt"
 ADMIN_PREFIX: Final = "/_synapse/admin"
 METRICS_PREFIX: Final = "/_synapse/metrics"
+CERTBOT_DROPIN: Final = "50-pyinfra-synapse-acme.conf"
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,19 @@ def well_known(settings: Settings) -> dict[str, dict[str, Any]]:
         "server": {"m.server": tls.well_known_server or f"{served}:{tls.https_port}"},
         "client": {"m.homeserver": {"base_url": base_url.rstrip("/")}},
     }
+
+
+def certbot_dropin(settings: Settings) -> str | None:
+    """A drop-in for ``certbot.service`` (what certbot's timer runs) with the CA bundle of a
+    private ACME server, or None when certbot trusts the system's CAs."""
+    tls = settings.tls
+    if tls.mode != "acme" or not tls.acme_ca_bundle:
+        return None
+    return (
+        "# Managed by pyinfra-synapse (matrix_synapse_tls_acme_ca_bundle): renewals trust the\n"
+        "# private ACME server as the deploy's certbot run does.\n"
+        f"[Service]\nEnvironment=REQUESTS_CA_BUNDLE={tls.acme_ca_bundle}\n"
+    )
 
 
 def lineage(names: tuple[str, ...]) -> str:

@@ -144,6 +144,17 @@ def test_acme_certificate_served_with_the_same_routing(
     assert fetch(client, "https://hs-b.test/_matrix/client/versions")["status"] == 200
     assert_no_changes(deploy(tmp_path, web, data), web.name, commands=None)
 
+    # certbot's own service (what its timer runs) trusts the private ACME server's CA as the
+    # deploy does, through the deploy's drop-in; without the setting the drop-in goes.
+    environment = "systemctl show -p Environment certbot.service"
+    bundle = data["matrix_synapse_tls_acme_ca_bundle"]
+    assert web.ssh(environment).stdout.strip() == f"Environment=REQUESTS_CA_BUNDLE={bundle}"
+    system_cas = {**data, "matrix_synapse_tls_acme_ca_bundle": None}
+    assert deploy(tmp_path, web, system_cas, "-y").returncode == 0
+    assert web.ssh(environment).stdout.strip() == "Environment="
+    assert web.ssh("ls /etc/systemd/system/certbot.service.d", check=False).stdout.strip() == ""
+    assert served_fingerprint(web) != before  # the renewed certificate is still served
+
 
 def test_moved_certificate_paths_get_a_new_hook_and_the_certificate(
     tmp_path: Path, pair: tuple[Pebble, TestHost]

@@ -9,10 +9,11 @@ import shlex
 import pytest
 
 from deploys.core.plan import build_plan
-from deploys.core.render import nginx_config
+from deploys.core.render import desired_state, nginx_config
 from deploys.core.settings import Settings, SettingsError, parse_settings
 from deploys.core.tls import (
     certbot_command,
+    certbot_dropin,
     certificate_names,
     deploy_hook,
     tls_servers,
@@ -168,3 +169,16 @@ def test_delegation_only_when_the_domain_is_not_the_served_name() -> None:
     assert well_known(off) == {} and "well-known/matrix" not in nginx_config(
         build_plan(off, "m"), off.nginx, tls_servers(off)
     )
+
+
+def test_certbot_service_drop_in_only_for_a_private_ca() -> None:
+    public = settings(matrix_synapse_tls_mode="acme")
+    assert certbot_dropin(public) is None
+    private = settings(matrix_synapse_tls_mode="acme", matrix_synapse_tls_acme_ca_bundle="/ca.pem")
+    dropin = certbot_dropin(private)
+    assert dropin is not None and dropin.endswith(
+        "[Service]\nEnvironment=REQUESTS_CA_BUNDLE=/ca.pem\n"
+    )
+    files = desired_state(private, build_plan(private, "m")).files
+    path = "/etc/systemd/system/certbot.service.d/50-pyinfra-synapse-acme.conf"
+    assert files[path].unit_file and files[path].content.decode() == dropin
