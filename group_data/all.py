@@ -359,3 +359,12 @@ matrix_synapse_media_store_shared = False
 # print(secrets.token_urlsafe(32))', and keep it in your group_data with the other secrets.
 # None: each machine generates its own on first deploy (enough for one machine).
 matrix_synapse_worker_replication_secret = None
+# The homeserver's signing key, macaroon and form secrets: with several machines required, the
+# same on every host, because every process signs and checks with them (a worker signs the
+# events it creates and the federation requests it sends). Give the main host's own (the one
+# line of /etc/matrix-synapse/secrets/signing.key, and secrets/macaroon, secrets/form) so the
+# homeserver keeps its identity; written 0600 on each machine, never printed. None: generated
+# once on the machine.
+matrix_synapse_signing_key = None
+matrix_synapse_macaroon_secret_key = None
+matrix_synapse_form_secret = None

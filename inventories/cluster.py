@@ -62,5 +62,10 @@ synapse_cluster = (
         "matrix_synapse_database_password": os.environ.get("SYNAPSE_DB_PASSWORD"),
         "matrix_synapse_worker_replication_secret": os.environ.get("SYNAPSE_REPLICATION_SECRET"),
         "matrix_synapse_redis_password": os.environ.get("SYNAPSE_REDIS_PASSWORD"),
+        # The main host's identity and secrets, shared by every machine: after a first deploy of
+        # matrix-1 alone, its /etc/matrix-synapse/secrets/signing.key, macaroon and form.
+        "matrix_synapse_signing_key": os.environ.get("SYNAPSE_SIGNING_KEY"),
+        "matrix_synapse_macaroon_secret_key": os.environ.get("SYNAPSE_MACAROON_SECRET_KEY"),
+        "matrix_synapse_form_secret": os.environ.get("SYNAPSE_FORM_SECRET"),
     },
 )

@@ -343,8 +343,9 @@ def _host_rules(active: Mapping[str, Settings]) -> list[str]:
 
 
 def secret_problems(hosts: Mapping[str, Settings]) -> list[str]:
-    """The secrets a cluster of more than one machine shares: the replication secret and the
-    Redis password, given on every machine and the same on each (values never printed). Checked
+    """The secrets a cluster of more than one machine shares: the replication secret, the Redis
+    password, the signing key, the macaroon and form secrets, given on every machine and the
+    same on each (values never printed). Checked
     by the deploy's entry (``deploys/components/plan.py``) with the plan, before any host
     changes; one machine needs neither."""
     active = {h: s for h, s in hosts.items() if s.cluster.role != ROLE_RETIRED}
@@ -356,6 +357,21 @@ def secret_problems(hosts: Mapping[str, Settings]) -> list[str]:
         ),
         *_shared_secret(
             active, REDIS_PASSWORD_KEY, {h: s.redis.password for h, s in active.items()}
+        ),
+        *_shared_secret(
+            active,
+            "matrix_synapse_signing_key",
+            {h: s.cluster.signing_key for h, s in active.items()},
+        ),
+        *_shared_secret(
+            active,
+            "matrix_synapse_macaroon_secret_key",
+            {h: s.cluster.macaroon_secret_key for h, s in active.items()},
+        ),
+        *_shared_secret(
+            active,
+            "matrix_synapse_form_secret",
+            {h: s.cluster.form_secret for h, s in active.items()},
         ),
     ]
 

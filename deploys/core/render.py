@@ -270,8 +270,14 @@ def desired_state(
             secret=True,
         )
     # Secrets the operator gives (the same on every machine) are written, not generated.
-    given = {paths.secrets["replication"]: settings.cluster.replication_secret}
-    given[paths.redis_password] = settings.redis.password
+    cluster_secrets = settings.cluster
+    given = {
+        paths.secrets["replication"]: cluster_secrets.replication_secret,
+        paths.secrets["macaroon"]: cluster_secrets.macaroon_secret_key,
+        paths.secrets["form"]: cluster_secrets.form_secret,
+        paths.signing_key: cluster_secrets.signing_key and cluster_secrets.signing_key + "\n",
+        paths.redis_password: settings.redis.password,
+    }
     for path, value in given.items():
         if value is not None:
             add(path, value, 0o600, settings.user, restarts=everyone, secret=True)
@@ -327,7 +333,7 @@ def desired_state(
         (*_owned_globs(paths), *([file_sd] if file_sd else []), *elsewhere),
         _readiness(settings, plan),
         tuple(p for p in paths.secrets.values() if p not in files),
-        paths.signing_key,
+        None if paths.signing_key in files else paths.signing_key,
         synapse_check,
         (paths.workers_dir, paths.conf_d),
         drain,

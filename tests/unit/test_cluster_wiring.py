@@ -24,6 +24,9 @@ from tests.support.settings_data import make_data
 SECRETS = {
     "matrix_synapse_worker_replication_secret": "r" * 40,
     "matrix_synapse_redis_password": "redis-password-0123",
+    "matrix_synapse_signing_key": "ed25519 a_test W1MZ5KJrgBLX0km6BG4yXqDsReuCjglSBN0c8OQ3qr0",
+    "matrix_synapse_macaroon_secret_key": "macaroon-secret-0123456789-abcdefghijkl",
+    "matrix_synapse_form_secret": "form-secret-0123456789-abcdefghijklmnop",
 }
 NO_WORKERS = {
     "matrix_synapse_workers_enabled": True,
@@ -52,8 +55,15 @@ def machines(**extra: Any) -> dict[str, Settings]:
 def test_the_example_inventory_is_one_valid_cluster_of_three_machines(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for name in ("SYNAPSE_DB_PASSWORD", "SYNAPSE_REPLICATION_SECRET", "SYNAPSE_REDIS_PASSWORD"):
+    for name in (
+        "SYNAPSE_DB_PASSWORD",
+        "SYNAPSE_REPLICATION_SECRET",
+        "SYNAPSE_REDIS_PASSWORD",
+        "SYNAPSE_MACAROON_SECRET_KEY",
+        "SYNAPSE_FORM_SECRET",
+    ):
         monkeypatch.setenv(name, "x" * 40)
+    monkeypatch.setenv("SYNAPSE_SIGNING_KEY", SECRETS["matrix_synapse_signing_key"])
     hosts, group = runpy.run_path(str(REPO_ROOT / "inventories/cluster.py"))["synapse_cluster"]
     settings = {name: parse_settings(make_data(**{**group, **data})) for name, data in hosts}
     plan = plan_cluster(settings)
@@ -119,10 +129,15 @@ def test_a_workers_host_renders_its_workers_and_reaches_redis_and_postgresql_on_
     for path, value in (
         (f"{CONF}/secrets/replication", SECRETS["matrix_synapse_worker_replication_secret"]),
         (f"{CONF}/secrets/redis.password", SECRETS["matrix_synapse_redis_password"]),
+        (f"{CONF}/secrets/signing.key", SECRETS["matrix_synapse_signing_key"] + "\n"),
+        (f"{CONF}/secrets/macaroon", SECRETS["matrix_synapse_macaroon_secret_key"]),
+        (f"{CONF}/secrets/form", SECRETS["matrix_synapse_form_secret"]),
     ):
         secret = files[path]
         assert (secret.content.decode(), secret.mode, secret.secret) == (value, 0o600, True)
         assert path not in state.secrets  # written, never generated
+    assert state.signing_key is None
+    assert state.secrets == (f"{CONF}/secrets/registration",)  # main's admin API only
     redis = state.readiness.redis
     assert (redis.host, redis.password_path) == ("10.0.0.1", f"{CONF}/secrets/redis.password")
     assert redis.subscribers == 3 + 1  # its own workers and main

@@ -20,6 +20,7 @@ ROLE_WORKERS: Final = "workers"
 ROLE_RETIRED: Final = "retired"
 ROLES: Final = (ROLE_MAIN, ROLE_WORKERS, ROLE_RETIRED)
 
+SIGNING_KEY_RE: Final = re.compile(r"^ed25519 [A-Za-z0-9_]{1,64} [A-Za-z0-9+/]{43}=?\Z")
 # A DNS host name (RFC 1123 labels); an IP address is checked with ipaddress instead.
 HOST_NAME_RE: Final = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -48,6 +49,12 @@ class ClusterSettings:
     private_address: str | None
     media_store_shared: bool
     replication_secret: str | None = field(repr=False)
+    # The identity and secrets every process must share (Synapse: events and federation
+    # requests are signed on the worker that makes them): with several machines, given here and
+    # written on each; None: generated once on the machine (enough for one machine).
+    signing_key: str | None = field(repr=False)
+    macaroon_secret_key: str | None = field(repr=False)
+    form_secret: str | None = field(repr=False)
 
 
 def is_private_address(value: Any) -> bool:
@@ -87,6 +94,24 @@ def read(r: Reader) -> ClusterSettings:
             lambda v: v is None or _is_secret(v),
             "allowed: None or a single-line string of at least 32 characters without spaces, "
             "e.g. from python3 -c 'import secrets; print(secrets.token_urlsafe(32))'",
+        ),
+        signing_key=r.check(
+            "matrix_synapse_signing_key",
+            lambda v: v is None or (isinstance(v, str) and SIGNING_KEY_RE.match(v) is not None),
+            "allowed: None or the one line of a Synapse signing key file, 'ed25519 KEY_ID BASE64' "
+            "(the main host's secrets/signing.key)",
+        ),
+        macaroon_secret_key=r.check(
+            "matrix_synapse_macaroon_secret_key",
+            lambda v: v is None or _is_secret(v),
+            "allowed: None or a single-line string of at least 32 characters without spaces "
+            "(the main host's secrets/macaroon)",
+        ),
+        form_secret=r.check(
+            "matrix_synapse_form_secret",
+            lambda v: v is None or _is_secret(v),
+            "allowed: None or a single-line string of at least 32 characters without spaces "
+            "(the main host's secrets/form)",
         ),
     )
 
