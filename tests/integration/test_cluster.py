@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.support.deploying import (
+    STANDIN_SETTINGS,
     apply_commands,
     assert_no_changes,
     install_standin,
@@ -279,3 +280,51 @@ def test_the_main_hosts_postgresql_lets_the_cluster_in_with_scram_only(
     again = pyinfra(tmp_path, inventory)
     for host in (main, workers):
         assert_no_changes(again, host.name, commands=None)
+
+
+def test_a_machine_unreachable_or_main_failing_leaves_the_others_unchanged(
+    tmp_path: Path, bridged_testhosts: Factory
+) -> None:
+    main, workers = bridged_testhosts(2, names=["hs-main.test", "hs-w.test"])
+    for host in (main, workers):
+        install_standin(host)
+    shape = {main: machine(main, "main"), workers: machine(workers, "workers", generic=2)}
+    inventory = write_inventory(tmp_path / "inventory.py", list(shape.items()))
+    # A third machine of the cluster that cannot be reached (nothing listens on its port).
+    ghost = machine(workers, "workers", pusher=1)
+    ghost.update(
+        {
+            **STANDIN_SETTINGS,
+            "matrix_domain": "example.org",
+            "ssh_hostname": "127.0.0.1",
+            "ssh_port": 9,
+            "ssh_connect_retries": 0,
+            "matrix_synapse_private_address": "10.213.250.250",
+        }
+    )
+    hosts = inventory.read_text().removeprefix("hosts = ").rstrip("\n")
+    with_ghost = tmp_path / "with-ghost.py"
+    with_ghost.write_text(f"hosts = {hosts[:-1]}, ('ghost', {ghost!r})]\n")
+    run = pyinfra(tmp_path, with_ghost, "-y")
+    assert run.returncode != 0
+    assert "ghost: could not connect, so no host of the cluster example.org" in run.output, (
+        run.output[-3000:]
+    )
+    for host in (main, workers):
+        assert apply_commands(run, host.name) == []
+        assert host.ssh("ls /etc/matrix-synapse", check=False).returncode != 0
+
+    # The main host's apply fails (nginx refuses a foreign file): the workers host changes
+    # nothing, and says why.
+    main.ssh("echo 'this is not nginx' > /etc/nginx/conf.d/broken.conf")
+    run = pyinfra(tmp_path, inventory, "-y")
+    assert run.returncode != 0
+    assert any("-m host.apply" in c for c in apply_commands(run, main.name))  # and failed
+    assert apply_commands(run, workers.name) == []
+    assert f"the cluster's main host {main.name} failed" in run.output, run.output[-3000:]
+    assert workers.ssh("ls /etc/matrix-synapse", check=False).returncode != 0
+    # Fixed, the next run converges both.
+    main.ssh("rm /etc/nginx/conf.d/broken.conf")
+    run = pyinfra(tmp_path, inventory, "-y")
+    assert run.returncode == 0, run.output[-3000:]
+    assert "matrix-synapse-worker@generic-1.service" in active(workers)
