@@ -1,0 +1,137 @@
+"""A real Synapse homeserver on three machines (issue 13): three test hosts on a private bridge,
+booted from the Synapse tree. Main, PostgreSQL, Redis and nginx on the first; the event, typing,
+to-device and push-rule stream writers and two generic workers on the second; a federation
+sender, a pusher and a media worker on the third. A real client through nginx on main.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.test_synapse_cluster import Client, register
+from tests.support.deploying import assert_no_changes, pyinfra, write_inventory
+from tests.support.synapse_tree import E2E_SETTINGS, ensure_synapse_tree
+from tests.support.testhost import TestHost
+
+pytestmark = pytest.mark.integration
+
+SECRETS = {
+    "matrix_synapse_worker_replication_secret": "replication-secret-0123456789-abcdefghij",
+    "matrix_synapse_redis_password": "redis-password-0123456789",
+    "matrix_synapse_signing_key": "ed25519 a_test W1MZ5KJrgBLX0km6BG4yXqDsReuCjglSBN0c8OQ3qr0",
+    "matrix_synapse_macaroon_secret_key": "macaroon-secret-0123456789-abcdefghijkl",
+    "matrix_synapse_form_secret": "form-secret-0123456789-abcdefghijklmnop",
+}
+
+
+def machine(host: TestHost, role: str, **counts: int) -> dict[str, Any]:
+    data = {
+        **E2E_SETTINGS,
+        **SECRETS,
+        "matrix_synapse_workers_enabled": True,
+        "matrix_synapse_workers_preset": "little-federation-helper",
+        "matrix_synapse_workers_federation_sender_workers_count": 0,
+        "matrix_synapse_role": role,
+        "matrix_synapse_private_address": host.address,
+    }
+    for key, count in counts.items():
+        data[f"matrix_synapse_workers_{key}_workers_count"] = count
+    return data
+
+
+def replication_post(client: TestHost, url: str, secret: str | None) -> int:
+    header = f", headers={{'Authorization': 'Bearer {secret}'}}" if secret else ""
+    script = (
+        "import urllib.request as u, urllib.error as e\n"
+        f"r = u.Request({url!r}, data=b'{{}}', method='POST'{header})\n"
+        "try:\n    print(u.urlopen(r, timeout=30).status)\n"
+        "except e.HTTPError as error:\n    print(error.code)\n"
+    )
+    return int(client.ssh("python3 -", input=script).stdout.strip())
+
+
+def test_a_real_homeserver_on_three_machines(tmp_path: Path, bridged_testhosts: Any) -> None:
+    tree = ensure_synapse_tree()
+    main, writers, senders = bridged_testhosts(
+        3, names=["hs-main.test", "hs-w.test", "hs-s.test"], tree=tree
+    )
+    shape = [
+        (main, machine(main, "main")),
+        (
+            writers,
+            machine(
+                writers,
+                "workers",
+                stream_writer_events_stream=2,
+                stream_writer_typing_stream=1,
+                stream_writer_to_device_stream=1,
+                stream_writer_push_rules_stream=1,
+                generic=2,
+            ),
+        ),
+        (senders, machine(senders, "workers", federation_sender=1, pusher=1, media_repository=1)),
+    ]
+    inventory = write_inventory(tmp_path / "inventory.py", shape, standin=False)
+    run = pyinfra(tmp_path, inventory, "-y", timeout=900)
+    assert run.returncode == 0, run.output[-6000:]
+    subscribers = main.ssh(
+        f"redis-cli -a {SECRETS['matrix_synapse_redis_password']} --no-auth-warning "
+        "PUBSUB NUMSUB example.org"
+    ).stdout.split()
+    assert subscribers[-1] == str(1 + 7 + 3)
+
+    client = Client(main)
+    register(main, client, "alice")  # login through nginx: a generic worker on the second host
+    room = client("POST", "/_matrix/client/v3/createRoom", {})
+    assert (room["status"], room["upstream"]) == (200, "synapse_generic"), room
+    room_id = room["body"]["room_id"]
+    sent = client(
+        "PUT",
+        f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{uuid.uuid4().hex}",
+        {"msgtype": "m.text", "body": "hello from three machines"},
+    )
+    assert sent["status"] == 200, sent
+    messages = client("GET", f"/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=5")
+    assert any(
+        e.get("content", {}).get("body") == "hello from three machines"
+        for e in messages["body"]["chunk"]
+    ), messages
+    sync = client("GET", "/_matrix/client/v3/sync?timeout=0")
+    assert sync["status"] == 200 and room_id in sync["body"]["rooms"]["join"]
+    typing = client(
+        "PUT",
+        f"/_matrix/client/v3/rooms/{room_id}/typing/@alice:example.org",
+        {"typing": True, "timeout": 3000},
+    )
+    assert (typing["status"], typing["upstream"]) == (200, "synapse_stream_typing"), typing
+    to_device = client(
+        "PUT", f"/_matrix/client/v3/sendToDevice/m.test/{uuid.uuid4().hex}", {"messages": {}}
+    )
+    assert (to_device["status"], to_device["upstream"]) == (200, "synapse_stream_to_device")
+    rule = client(
+        "PUT",
+        "/_matrix/client/v3/pushrules/global/override/my.rule",
+        {"actions": ["dont_notify"], "conditions": []},
+    )
+    assert (rule["status"], rule["upstream"]) == (200, "synapse_stream_push_rules"), rule
+    media = client("GET", "/_matrix/client/v1/media/config")
+    assert (media["status"], media["upstream"]) == (200, "synapse_media"), media
+
+    # The replication listener on another machine refuses a request without the secret.
+    shared = yaml.safe_load(writers.ssh("cat /etc/matrix-synapse/conf.d/workers.yaml").stdout)
+    where = shared["instance_map"]["stream-writer-0-events"]
+    assert where["host"] == writers.address
+    url = f"http://{where['host']}:{where['port']}/_synapse/replication/send_events/{uuid.uuid4().hex}"
+    unit = "matrix-synapse-worker@stream-writer-0-events.service"
+    assert replication_post(main, url, None) == 500
+    assert replication_post(main, url, "not-the-secret-0123456789-0123456789") == 500
+    journal = writers.ssh(f"journalctl -u {unit} --no-pager").stdout
+    assert "Missing Authorization header" in journal
+    assert "Invalid Authorization header" in journal
+
+    assert_no_changes(pyinfra(tmp_path, inventory, timeout=900), main.name, commands=None)
