@@ -328,3 +328,19 @@ def test_a_machine_unreachable_or_main_failing_leaves_the_others_unchanged(
     run = pyinfra(tmp_path, inventory, "-y")
     assert run.returncode == 0, run.output[-3000:]
     assert "matrix-synapse-worker@generic-1.service" in active(workers)
+
+    # Round trips per host stay constant as the workers grow: 2 -> 60 on the workers host.
+    small = pyinfra(tmp_path, inventory)
+    for host, commands in ((main, 7), (workers, 5)):
+        assert_no_changes(small, host.name, commands=commands)
+    shape[workers]["matrix_synapse_workers_generic_workers_count"] = 60
+    inventory = write_inventory(tmp_path / "inventory.py", list(shape.items()))
+    grown = pyinfra(tmp_path, inventory)
+    assert grown.returncode == 0, grown.output[-3000:]
+    assert len(active(workers)) == 60 + 1
+    # A change: main gets its new routes and shared config, the workers host its 58 new workers,
+    # each in one apply command.
+    assert grown.commands == {main.name: 8, workers.name: 6}, grown.command_lines
+    large = pyinfra(tmp_path, inventory)
+    for host, commands in ((main, 7), (workers, 5)):
+        assert_no_changes(large, host.name, commands=commands)
