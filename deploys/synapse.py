@@ -15,7 +15,7 @@ from deploys.components.database import database
 from deploys.components.install import install
 from deploys.components.plan import host_plan
 from deploys.components.redis import redis_server
-from deploys.components.tls import tls_after_nginx, tls_before_nginx
+from deploys.components.tls import tls_certificate
 from deploys.core.machines import claim_machine
 from deploys.core.settings import SettingsError
 from deploys.facts.synapse import MachineId
@@ -38,7 +38,5 @@ if runs_main and settings.database.install_postgresql:
 if runs_main and cluster.multi_machine:
     redis_server(settings, cluster)
 if runs_main and settings.tls.enabled and settings.nginx.enabled:
-    tls_before_nginx(settings)
+    tls_certificate(settings)
 configure_synapse(settings, plan, cluster)
-if runs_main and settings.tls.mode == "acme" and settings.nginx.enabled:
-    tls_after_nginx(settings)

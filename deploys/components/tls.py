@@ -7,23 +7,17 @@ from pyinfra.api import deploy
 from pyinfra.api.exceptions import PyinfraError
 
 from deploys.core.settings import Settings
-from deploys.core.tls import (
-    certbot_command,
-    certificate_names,
-    deploy_hook,
-    lineage,
-    placeholder_command,
-)
+from deploys.core.tls import acme_script, certificate_names, deploy_hook, lineage
 from deploys.facts.tls import TlsCertificates
-from deploys.operations.tls import acme_certificate, placeholder_certificate
+from deploys.operations.tls import acme_certificate
 
 
 @deploy("TLS certificate before nginx loads it")
-def tls_before_nginx(settings: Settings) -> None:
+def tls_certificate(settings: Settings) -> None:
     """
     ``files``: refuse a certificate or key that is not there, naming the setting, before anything
-    changes. ``acme``: a self-signed placeholder if nothing is served yet, so the nginx file with
-    the public servers passes ``nginx -t`` and port 80 can answer the first challenge.
+    changes. ``acme``: certbot's certificate for the public names at the served paths, before the
+    nginx file that serves them changes (``deploys.core.tls``); renewals are certbot's timer's.
 
     + settings: validated settings (TLS not ``off``)
     """
@@ -47,32 +41,13 @@ def tls_before_nginx(settings: Settings) -> None:
         if missing:
             raise PyinfraError(f"{host.name}: " + "; ".join(missing))
         return
-    placeholder_certificate(
-        name="Placeholder certificate until ACME has issued one",
-        certificate_path=tls.certificate_path,
-        key_path=tls.key_path,
-        lineage=lineage(names),
-        command=placeholder_command(tls, names),
-    )
-
-
-@deploy("TLS certificate from ACME")
-def tls_after_nginx(settings: Settings) -> None:
-    """
-    ``acme``: certbot's certificate for the public names, through nginx's port-80 server (so it
-    runs after the nginx file is in place); renewals are certbot's own timer's.
-
-    + settings: validated settings (TLS mode ``acme``)
-    """
-    tls = settings.tls
-    names = certificate_names(settings)
     acme_certificate(
         name=f"Certificate for {', '.join(names)} from {tls.acme_directory_url}",
         certificate_path=tls.certificate_path,
         key_path=tls.key_path,
         names=names,
         directory_url=tls.acme_directory_url,
-        certbot_command=certbot_command(tls, names),
         deploy_hook=deploy_hook(tls),
         lineage=lineage(names),
+        acme_script=lambda refused, unreachable: acme_script(settings, names, refused, unreachable),
     )

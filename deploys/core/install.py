@@ -25,7 +25,7 @@ BASE_PACKAGES: Final = (
     "curl",
 )
 POSTGRESQL_PACKAGES: Final = ("postgresql",)
-# TLS on: openssl (the certificate fact, the placeholder); "acme": certbot too.
+# TLS on: openssl (the certificate fact); "acme": certbot too.
 TLS_PACKAGES: Final = ("openssl",)
 ACME_PACKAGES: Final = ("certbot",)
 # What only the main host of a cluster runs (a workers host reaches the main host's).

@@ -13,12 +13,13 @@ locations as the plain loopback server (the template renders them from one macro
 The port-80 server answers ACME HTTP-01 challenges from the webroot (``acme`` mode) and redirects
 everything else to HTTPS.
 
-Certificates, ``acme`` mode: nginx always serves ``certificate_path``/``key_path``. Before the
-first certificate exists the deploy puts a self-signed placeholder there (so ``nginx -t`` passes
-and port 80 can answer the challenge); certbot then obtains the real one (``certonly --webroot``)
-and its deploy hook copies it over the placeholder and reloads nginx. certbot stores that hook in
-the lineage's renewal config, so its own timer's renewals do the same: copy, reload, never a
-restart of nginx or Synapse.
+Certificates, ``acme`` mode: nginx serves ``certificate_path``/``key_path``. certbot runs
+(``certonly --webroot``) before the run changes nginx's files, with a temporary port-80 server
+for the names beside nginx's current config, so a failure (a directory that does not answer, a
+name that cannot be validated) leaves nginx's config and certificate as they were. Its deploy hook
+copies the certificate to the served paths and reloads nginx; certbot stores that hook in the
+lineage's renewal config, so its own timer's renewals do the same (through the permanent port-80
+server): copy, reload, never a restart of nginx or Synapse.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from urllib.parse import urlparse
 from deploys.core.processes import connect_address
 from deploys.core.settings import Settings, TlsSettings
 
-# The placeholder's subject: what the fact recognises as "no real certificate yet".
-PLACEHOLDER_CN: Final = "pyinfra-synapse placeholder"
+# A port-80 server answering ACME challenges while certbot runs, before the run's nginx file.
+CHALLENGE_SNIPPET: Final = "pyinfra-synapse-acme-challenge.conf"
 LETSENCRYPT_DIR: Final = "/etc/letsencrypt"
 ADMIN_PREFIX: Final = "/_synapse/admin"
 METRICS_PREFIX: Final = "/_synapse/metrics"
@@ -154,6 +155,43 @@ def deploy_hook(tls: TlsSettings) -> str:
     )
 
 
+def challenge_server(settings: Settings, names: tuple[str, ...]) -> str:
+    """A port-80 ``server`` answering HTTP-01 for `names` from the webroot (404 otherwise)."""
+    tls = settings.tls
+    listen = "".join(f"    listen {_host(a)}:{tls.http_port};\n" for a in tls.listen_addresses)
+    return (
+        "# Managed by pyinfra-synapse: only while certbot runs (deploys/core/tls.py).\n"
+        f"server {{\n{listen}    server_name {' '.join(names)};\n"
+        "    location ^~ /.well-known/acme-challenge/ {\n"
+        f"        root {tls.acme_webroot};\n        default_type text/plain;\n    }}\n"
+        "    location / {\n        return 404;\n    }\n}\n"
+    )
+
+
+def acme_script(settings: Settings, names: tuple[str, ...], refused: str, unreachable: str) -> str:
+    """certbot for `names` before the run changes nginx's files: a challenge server for the
+    names (the new ones included) is added beside nginx's current config, certbot runs, the
+    challenge server goes again. On failure nginx keeps its config and certificate, and the
+    script says which setting to look at: `refused` (a name failed validation) or
+    `unreachable` (anything else, e.g. the directory did not answer)."""
+    conf_d = posixpath.dirname(settings.nginx.config_path)
+    snippet = shlex.quote(posixpath.join(conf_d, CHALLENGE_SNIPPET))
+    return (
+        f"cat > {snippet} <<'EOF'\n{challenge_server(settings, names)}EOF\n"
+        f"if ! nginx -t -q; then rm -f {snippet}; "
+        "echo 'nginx refused the ACME challenge server' >&2; exit 1; fi\n"
+        "systemctl reload-or-restart nginx\n"
+        f"out=$({certbot_command(settings.tls, names)} 2>&1); rc=$?\n"
+        f"rm -f {snippet}; nginx -t -q && systemctl reload nginx\n"
+        "printf '%s\\n' \"$out\"\n"
+        '[ "$rc" -eq 0 ] && exit 0\n'
+        # certbot says "failed to authenticate" when the ACME server answered but a name failed.
+        'if printf \'%s\' "$out" | grep -q "failed to authenticate"; '
+        f"then echo {shlex.quote(refused)} >&2; else echo {shlex.quote(unreachable)} >&2; fi\n"
+        "exit 1\n"
+    )
+
+
 def certbot_command(tls: TlsSettings, names: tuple[str, ...]) -> str:
     """``certbot certonly --webroot`` for `names`, its deploy hook saved for renewals."""
     args = [
@@ -183,19 +221,6 @@ def certbot_command(tls: TlsSettings, names: tuple[str, ...]) -> str:
     command = " ".join(shlex.quote(a) for a in args)
     env = f"REQUESTS_CA_BUNDLE={shlex.quote(tls.acme_ca_bundle)} " if tls.acme_ca_bundle else ""
     return f"mkdir -p {shlex.quote(tls.acme_webroot)} && {env}{command}"
-
-
-def placeholder_command(tls: TlsSettings, names: tuple[str, ...]) -> str:
-    """A self-signed certificate for `names` at the served paths, so nginx can start before
-    ACME has answered (replaced by the deploy hook)."""
-    cert, key = shlex.quote(tls.certificate_path), shlex.quote(tls.key_path)
-    subject = shlex.quote(f"/CN={PLACEHOLDER_CN}")
-    san = shlex.quote("subjectAltName=" + ",".join(f"DNS:{n}" for n in names))
-    return (
-        f"mkdir -p $(dirname {cert}) $(dirname {key}) && umask 077 && "
-        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 "
-        f"-subj {subject} -addext {san} -keyout {key} -out {cert} 2>&1 && chmod 0640 {cert}"
-    )
 
 
 def _nginx_quote(value: str) -> str:

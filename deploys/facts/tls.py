@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 
 from pyinfra.api import FactBase, QuoteString, StringCommand
 from typing_extensions import override
 
-from deploys.core.tls import LETSENCRYPT_DIR, PLACEHOLDER_CN
+from deploys.core.tls import LETSENCRYPT_DIR
 
 # One line per finding; a file that is missing or does not parse says so, never fails the fact.
 _PROBE = r"""
@@ -20,8 +19,6 @@ names() { openssl x509 -in "$1" -noout -ext subjectAltName 2>/dev/null \
 if [ -e "$cert" ]; then
   echo "served_fp $(fp "$cert")"
   echo "served_names $(names "$cert")"
-  openssl x509 -in "$cert" -noout -subject 2>/dev/null | grep -q "$PLACEHOLDER" \
-    && echo "served_placeholder"
 fi
 [ -e "$key" ] && echo "key_present"
 if [ -n "$lineage" ] && [ -e "$LE/renewal/$lineage.conf" ]; then
@@ -38,7 +35,6 @@ true
 class Certificates:
     served_fingerprint: str | None = None  # None: no certificate at the path (or unreadable)
     served_names: tuple[str, ...] = ()
-    served_placeholder: bool = False
     key_present: bool = False
     lineage_server: str | None = None  # None: certbot has no lineage by that name
     lineage_fingerprint: str | None = None
@@ -48,10 +44,9 @@ class Certificates:
 
 class TlsCertificates(FactBase[Certificates]):
     """
-    Returns the served certificate's SHA-256 fingerprint and names (and whether it is the deploy's
-    self-signed placeholder), whether the key exists, and certbot's lineage: its ACME server,
-    saved deploy hook, fingerprint and names. One command; needs ``openssl`` for the
-    certificate details.
+    Returns the served certificate's SHA-256 fingerprint and names, whether the key exists, and
+    certbot's lineage: its ACME server, saved deploy hook, fingerprint and names. One command;
+    needs ``openssl`` for the certificate details.
 
     + certificate_path: the certificate nginx serves
     + key_path: its key
@@ -68,7 +63,6 @@ class TlsCertificates(FactBase[Certificates]):
     @override
     def command(self, certificate_path: str, key_path: str, lineage: str) -> StringCommand:
         return StringCommand(
-            f"PLACEHOLDER={shlex.quote(PLACEHOLDER_CN)}",
             f"LE={LETSENCRYPT_DIR}",
             "sh",
             "-c",
@@ -88,7 +82,6 @@ class TlsCertificates(FactBase[Certificates]):
         return Certificates(
             served_fingerprint=found.get("served_fp") or None,
             served_names=tuple(found.get("served_names", "").split()),
-            served_placeholder="served_placeholder" in found,
             key_present="key_present" in found,
             lineage_server=found.get("lineage_server") or None,
             lineage_fingerprint=found.get("lineage_fp") or None,

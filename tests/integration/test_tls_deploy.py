@@ -60,6 +60,19 @@ def served_fingerprint(host: TestHost) -> str:
     return host.ssh(f"openssl x509 -in {CERT} -noout -fingerprint -sha256").stdout.strip()
 
 
+def nginx_files(host: TestHost) -> str:
+    """Every nginx config file and its checksum (the challenge server must be gone too)."""
+    return host.ssh("cd /etc/nginx && find . -type f | sort | xargs sha256sum").stdout
+
+
+def challenges(host: TestHost, log: str, acme: TestHost) -> list[str]:
+    """HTTP-01 requests in nginx's `log`, after checking each came from the ACME host."""
+    lines = host.ssh(f"cat {log}").stdout.splitlines()
+    found = [line for line in lines if "/.well-known/acme-challenge/" in line]
+    assert all(line.startswith(f"{acme.address} ") for line in found), found
+    return found
+
+
 def nginx_master(host: TestHost) -> str:
     return host.ssh("cat /run/nginx.pid").stdout.strip()
 
@@ -98,7 +111,7 @@ def test_acme_certificate_served_with_the_same_routing(
     run = deploy(tmp_path, web, data, "-y")
     assert run.returncode == 0, run.output[-4000:]
 
-    # pebble's certificate (not the placeholder) is served, key 0600, by name over the bridge.
+    # pebble's certificate is served, key 0600, by name over the bridge.
     subject = web.ssh(f"openssl x509 -in {CERT} -noout -subject -issuer -ext subjectAltName")
     assert "issuer=CN = Pebble Intermediate CA" in subject.stdout, subject.stdout
     assert "DNS:hs-b.test" in subject.stdout
@@ -121,10 +134,9 @@ def test_acme_certificate_served_with_the_same_routing(
         "/_synapse/admin/v1/server_version'); print(r.status, r.headers['X-Synapse-Upstream'])\""
     )
     assert local.stdout.split() == ["200", "synapse_main"]
-    # The challenge was served by this deploy's nginx, to pebble, by name over the bridge.
-    log = web.ssh("cat /var/log/nginx/matrix-synapse-workers.access.log").stdout
-    challenges = [line for line in log.splitlines() if "/.well-known/acme-challenge/" in line]
-    assert challenges and all(line.startswith(f"{client.address} ") for line in challenges)
+    # The first challenge was served by nginx's temporary challenge server (nginx's default
+    # log), to pebble, by name over the bridge.
+    assert challenges(web, "/var/log/nginx/access.log", client)
 
     # A rerun changes nothing (its facts add commands; not counted here).
     assert_no_changes(deploy(tmp_path, web, data), web.name, commands=None)
@@ -139,6 +151,8 @@ def test_acme_certificate_served_with_the_same_routing(
     )
     assert renew.returncode == 0, renew.stdout + renew.stderr
     assert served_fingerprint(web) != before
+    # ...its challenge answered by the deploy's own port-80 server (the routing file's log).
+    assert challenges(web, "/var/log/nginx/matrix-synapse-workers.access.log", client)
     assert nginx_master(web) == master
     assert main_pids(web) == pids
     assert fetch(client, "https://hs-b.test/_matrix/client/versions")["status"] == 200
@@ -215,7 +229,7 @@ def test_acme_directory_that_does_not_answer_names_the_setting(
     pebble, web = pair
     data = tls_data(pebble, web)
     assert deploy(tmp_path, web, data, "-y").returncode == 0
-    served = served_fingerprint(web)
+    served, config = served_fingerprint(web), nginx_files(web)
     # A new name needs a new certificate, from a directory where nothing answers.
     bad = {
         **data,
@@ -225,8 +239,9 @@ def test_acme_directory_that_does_not_answer_names_the_setting(
     run = deploy(tmp_path, web, bad, "-y")
     assert run.returncode != 0
     assert "matrix_synapse_tls_acme_directory_url = 'https://acme.test:14999/dir'" in run.output
-    # The certificate served before is still served (the nginx file carries the new name).
+    # The certificate and nginx's config from before are still what nginx serves.
     assert served_fingerprint(web) == served
+    assert nginx_files(web) == config
     assert fetch(pebble.host, "https://hs-b.test/_matrix/client/versions")["status"] == 200
 
 
@@ -236,12 +251,13 @@ def test_a_name_the_acme_server_cannot_validate_names_the_setting(
     pebble, web = pair
     data = tls_data(pebble, web)
     assert deploy(tmp_path, web, data, "-y").returncode == 0
-    served = served_fingerprint(web)
+    served, config = served_fingerprint(web), nginx_files(web)
     bad = {**data, "matrix_synapse_tls_server_names": ["hs-b.test", "nowhere.test"]}
     run = deploy(tmp_path, web, bad, "-y")
     assert run.returncode != 0
     assert "matrix_synapse_tls_server_names (hs-b.test, nowhere.test)" in run.output, run.output
     assert served_fingerprint(web) == served
+    assert nginx_files(web) == config
     assert fetch(pebble.host, "https://hs-b.test/_matrix/client/versions")["status"] == 200
 
 

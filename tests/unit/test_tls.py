@@ -5,6 +5,7 @@ bad settings named. The deploy against pebble is tests/integration/test_tls_depl
 from __future__ import annotations
 
 import shlex
+import subprocess
 
 import pytest
 
@@ -12,6 +13,7 @@ from deploys.core.plan import build_plan
 from deploys.core.render import desired_state, nginx_config
 from deploys.core.settings import Settings, SettingsError, parse_settings
 from deploys.core.tls import (
+    acme_script,
     certbot_command,
     certbot_dropin,
     certificate_names,
@@ -182,3 +184,21 @@ def test_certbot_service_drop_in_only_for_a_private_ca() -> None:
     files = desired_state(private, build_plan(private, "m")).files
     path = "/etc/systemd/system/certbot.service.d/50-pyinfra-synapse-acme.conf"
     assert files[path].unit_file and files[path].content.decode() == dropin
+
+
+def test_acme_script_adds_a_challenge_server_only_while_certbot_runs(tmp_path) -> None:
+    s = settings(
+        matrix_synapse_tls_mode="acme",
+        matrix_synapse_tls_server_names=["a.example.org", "b.example.org"],
+    )
+    script = acme_script(s, certificate_names(s), "REFUSED", "UNREACHABLE")
+    snippet = "/etc/nginx/conf.d/pyinfra-synapse-acme-challenge.conf"
+    assert script.startswith(f"cat > {snippet} <<'EOF'\n")
+    assert "    server_name a.example.org b.example.org;\n" in script
+    assert "        root /var/lib/matrix-synapse-acme;\n" in script
+    lines = script.splitlines()
+    certbot = next(i for i, line in enumerate(lines) if "certbot certonly" in line)
+    removed = [i for i, line in enumerate(lines) if line.startswith(f"rm -f {snippet};")]
+    assert removed == [certbot + 1]  # gone again whatever certbot did, before any message
+    (tmp_path / "acme.sh").write_text(script)
+    assert subprocess.run(["sh", "-n", str(tmp_path / "acme.sh")]).returncode == 0
