@@ -135,3 +135,40 @@ def test_a_real_homeserver_on_three_machines(tmp_path: Path, bridged_testhosts: 
     assert "Invalid Authorization header" in journal
 
     assert_no_changes(pyinfra(tmp_path, inventory, timeout=900), main.name, commands=None)
+
+    def units(host: TestHost) -> set[str]:
+        out = host.ssh("systemctl list-units --state=active --plain --no-legend 'matrix-*'")
+        return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
+
+    # Move generic-1 to the third machine; then retire the third machine.
+    shape[1][1]["matrix_synapse_workers_generic_workers_count"] = 1
+    shape[2][1]["matrix_synapse_workers_generic_workers_count"] = 1
+    inventory = write_inventory(tmp_path / "inventory.py", shape, standin=False)
+    moved = pyinfra(tmp_path, inventory, "-y", timeout=900)
+    assert moved.returncode == 0, moved.output[-6000:]
+    generic_1 = "matrix-synapse-worker@generic-1.service"
+    assert generic_1 in units(senders) and generic_1 not in units(writers)
+    for _ in range(4):  # both generic workers serve (nginx balances between them)
+        assert client("GET", "/_matrix/client/v3/sync?timeout=0")["status"] == 200
+    shape[2][1]["matrix_synapse_role"] = "retired"
+    inventory = write_inventory(tmp_path / "inventory.py", shape, standin=False)
+    retired = pyinfra(tmp_path, inventory, "-y", timeout=900)
+    assert retired.returncode == 0, retired.output[-6000:]
+    assert units(senders) == set()
+    subscribers = main.ssh(
+        f"redis-cli -a {SECRETS['matrix_synapse_redis_password']} --no-auth-warning "
+        "PUBSUB NUMSUB example.org"
+    ).stdout.split()
+    assert subscribers[-1] == str(1 + 6)
+    # Without the third machine's workers, main serves media again and the room still works.
+    media = client("GET", "/_matrix/client/v1/media/config")
+    assert (media["status"], media["upstream"]) == (200, "synapse_main"), media
+    sent = client(
+        "PUT",
+        f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{uuid.uuid4().hex}",
+        {"msgtype": "m.text", "body": "after the retirement"},
+    )
+    assert sent["status"] == 200, sent
+    final = pyinfra(tmp_path, inventory, timeout=900)
+    for host in (main, writers, senders):
+        assert_no_changes(final, host.name, commands=None)
