@@ -18,6 +18,7 @@ import pytest
 
 from tests.support.deploying import (
     assert_no_changes,
+    host_snapshot,
     install_standin,
     main_pids,
     pyinfra,
@@ -294,3 +295,24 @@ def test_files_mode_serves_the_operators_certificate(
     assert challenge["status"] == 301
     assert web.ssh("test -e /etc/letsencrypt/renewal", check=False).returncode == 1
     assert_no_changes(deploy(tmp_path, web, data), web.name, commands=None)
+
+
+def test_dry_diff_shows_the_tls_change_and_changes_nothing(
+    tmp_path: Path, pair: tuple[Pebble, TestHost]
+) -> None:
+    """Turning TLS on for a running deploy: the preview names the certificate step and shows the
+    public servers in the nginx file's diff; the host stays byte-identical."""
+    pebble, web = pair
+    plain = {"matrix_domain": "hs-b.test"}
+    assert deploy(tmp_path, web, plain, "-y").returncode == 0
+    trust_pebble(web, pebble)
+    before = host_snapshot(web), nginx_files(web)
+    run = deploy(tmp_path, web, tls_data(pebble, web), "--dry", "--diff")
+    assert run.returncode == 0, run.output[-4000:]
+    assert f"Certificate for hs-b.test from {pebble.directory_url}" in run.output
+    assert "Will modify /etc/nginx/conf.d/matrix-synapse-workers.conf" in run.output
+    added = [line.strip() for line in run.output.splitlines() if line.strip().startswith("+ ")]
+    for listen in ("listen 0.0.0.0:443 ssl;", "listen 0.0.0.0:8448 ssl;", "listen 0.0.0.0:80;"):
+        assert f"+ {' ' * 4}{listen}" in added or f"+ {listen}" in added, run.output[-4000:]
+    assert (host_snapshot(web), nginx_files(web)) == before
+    assert web.ssh("test -e /etc/letsencrypt/renewal/hs-b.test.conf", check=False).returncode == 1
