@@ -345,13 +345,23 @@ def _host_rules(active: Mapping[str, Settings]) -> list[str]:
 def secret_problems(hosts: Mapping[str, Settings]) -> list[str]:
     """The secrets a cluster of more than one machine shares: the replication secret, the Redis
     password, the signing key, the macaroon and form secrets, given on every machine and the
-    same on each (values never printed). Checked
+    same on each (values never printed); and Redis over the network, not a Unix socket. Checked
     by the deploy's entry (``deploys/components/plan.py``) with the plan, before any host
     changes; one machine needs neither."""
     active = {h: s for h, s in hosts.items() if s.cluster.role != ROLE_RETIRED}
     if len(active) < 2:
         return []
+    sockets = [h for h, s in active.items() if s.redis.path]
     return [
+        *(
+            [
+                f"{_hosts(sockets)}: matrix_synapse_redis_path is a Unix socket, which the "
+                "cluster's other machines cannot reach; allowed: None (Redis at "
+                "matrix_synapse_redis_host and _port)"
+            ]
+            if sockets
+            else []
+        ),
         *_shared_secret(
             active, SECRET_KEY, {h: s.cluster.replication_secret for h, s in active.items()}
         ),

@@ -103,6 +103,11 @@ def test_several_machines_need_the_same_secrets_on_every_host_never_printed() ->
     (problem,) = secret_problems(hosts)
     assert problem.startswith("hosts main, w: matrix_synapse_redis_password differs")
     assert "another-password" not in problem and "redis-password" not in problem
+    socket = machines(matrix_synapse_redis_path="/run/redis/redis-server.sock")
+    assert secret_problems(socket) == [
+        "hosts main, w: matrix_synapse_redis_path is a Unix socket, which the cluster's other "
+        "machines cannot reach; allowed: None (Redis at matrix_synapse_redis_host and _port)"
+    ]
 
 
 def rendered(hosts: dict[str, Settings], host: str) -> tuple[ClusterPlan, Any]:
