@@ -116,9 +116,12 @@ matrix_synapse_restart_strategy = "rolling"
 # rounded down, at least 1, and always fewer than the whole class when it has two or more.
 matrix_synapse_restart_batch_percent = 20
 # At most this many seconds between nginx no longer sending new requests to a process and the
-# process stopping; the wait ends as soon as none of its requests is in flight. A long poll
-# (/sync) still open then is cut, and nginx passes it once to another worker of the class.
-matrix_synapse_restart_drain_seconds = 2
+# process stopping; the wait ends as soon as none of its requests is in flight, so it costs time
+# only while requests are. 30: a client's long-poll /sync waits 30 s, and a send can wait that
+# long for a restarting stream writer; a shorter grace cuts them, and nginx's retry may meet
+# a configuration in which the class's other server is still drained (a 503). A process with no
+# other server in its class (a stream writer, media) is not drained: it serves until it stops.
+matrix_synapse_restart_drain_seconds = 30
 
 # ---------------------------------------------------------------------------------------------
 # nginx worker routing (one server in front of main and every worker)

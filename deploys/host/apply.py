@@ -23,11 +23,12 @@ The controller (deploys/operations/synapse.py) uploads one archive holding this 
    and the owed ones), the unit states found now and the topology last applied here
    (``RestartSpec.state_path``); stops and disables stale units, reloads systemd and enables
    planned units; then, wave by wave: drains the processes the wave stops out of nginx
-   (``drain.before_wave``: their servers marked ``down``, nginx reloaded, requests in flight
-   given up to ``drain.grace`` seconds; new workers down until they run; only when nginx runs),
-   runs the wave's commands, waits until every unit it (re)started is ready, each by its own
-   criterion (``readiness.unit_not_ready``), and puts the managed routing file back
-   (``drain.after_wave``) before the next wave starts. A wave that is
+   (``drain.before_wave``: their servers marked ``down`` where their upstream has another,
+   nginx reloaded, requests in flight given up to ``drain.grace`` seconds; new workers down
+   until they run; only when nginx runs), runs the wave's commands, waits until every unit it
+   (re)started is ready, each by its own criterion (``readiness.unit_not_ready``), putting
+   each process back into nginx as soon as it is ready (``drain.while_ready``), and has the
+   managed routing file back (``drain.after_wave``) before the next wave starts. A wave that is
    not ready within the timeout stops the run there: later waves do not run (their processes
    keep serving with the previous config), the error names the wave, its units and why, and
    the journal stays, so the next run finishes the work;
@@ -184,11 +185,19 @@ def run_wave(
     try:
         # New workers (started by this wave or a later one) stay down in nginx until they run.
         later = [drain.process_name(u) or u for w in plan.waves[number:] for u in w.start]
+        starting = [drain.process_name(u) or u for u in wave.start]
         if nginx is not None:
-            starting = [drain.process_name(u) or u for u in wave.start]
             drain.before_wave(nginx, wave.stopping(), starting, later)
         systemd.run_commands(wave.commands(), manifest.systemd_dir)
-        readiness.wait_until_ready(wave.ready_units(), manifest.readiness)
+
+        def back_in_nginx(not_ready: list[str]) -> None:
+            """Each process back in nginx as soon as it is ready, not when its wave is."""
+            if nginx is not None:
+                waiting = {drain.process_name(u) or u for u in not_ready}
+                restarting = [p for p in wave.stopping() if p in waiting]
+                drain.while_ready(nginx, restarting, [p for p in starting if p in waiting], later)
+
+        readiness.wait_until_ready(wave.ready_units(), manifest.readiness, on_ready=back_in_nginx)
         if nginx is not None:
             drain.after_wave(nginx, later)
     except ApplyError as error:

@@ -67,17 +67,44 @@ class Drained:
     rewritten: bool = False
 
 
-def mark_down(text: str, processes: Iterable[str]) -> tuple[str, list[tuple[str, str]]]:
-    """``text`` with the server lines of ``processes`` marked ``down``; and those servers."""
+def mark_down(
+    text: str, processes: Iterable[str], running: Iterable[str] | None = None
+) -> tuple[str, list[tuple[str, str]]]:
+    """``text`` with the server lines of ``processes`` marked ``down``; and those servers.
+
+    A line of a process in ``running`` (by default all of ``processes``: they serve until they
+    stop) stays as it is when its upstream has no other server left up: marking that server
+    down would only answer its requests with 503 earlier (an upstream with one server and no
+    ``backup`` line: a stream writer, media, main's own upstream); they fail at its stop anyway.
+    """
     wanted = set(processes)
-    lines, servers = [], []
-    for line in text.split("\n"):
+    running = wanted if running is None else set(running) & wanted
+    lines = text.split("\n")
+    alone: set[int] = set()  # indexes of running servers with no alternative in their upstream
+    block: list[tuple[int, str]] = []  # the current upstream's server lines: (index, process)
+    for i, line in enumerate([*lines, "}"]):
+        if m := _SERVER_LINE.match(line):
+            block.append((i, m["process"]))
+        elif line.strip() == "}" and block:
+            if all(p in wanted for _, p in block):
+                alone.update(j for j, p in block if p in running)
+            block = []
+    servers = []
+    for i, line in enumerate(lines):
         m = _SERVER_LINE.match(line)
-        if m and m["process"] in wanted:
+        if m and m["process"] in wanted and i not in alone:
             servers.append((m["process"], m["address"]))
-            line = f"{m['head']} down{m['tail']}"
-        lines.append(line)
+            lines[i] = f"{m['head']} down{m['tail']}"
     return "\n".join(lines), servers
+
+
+def servers_of(text: str) -> dict[str, list[str]]:
+    """process -> the addresses of its server lines."""
+    found: dict[str, list[str]] = {}
+    for line in text.split("\n"):
+        if m := _SERVER_LINE.match(line):
+            found.setdefault(m["process"], []).append(m["address"])
+    return found
 
 
 def undrained(text: str) -> str:
@@ -93,16 +120,21 @@ def route(
     down: Iterable[str],
     wait_for: Iterable[str] = (),
     reload: Callable[[DrainSpec], None] | None = None,
+    restarting: Iterable[str] = (),
 ) -> Drained:
-    """Make the live file the managed one with exactly the servers of ``down`` marked down
-    (none: the managed file itself), reload nginx if that changed it, then wait for the requests
-    in flight on the servers of ``wait_for`` (processes about to stop, among ``down``).
+    """Make the live file the managed one with the servers of ``down`` marked down (none: the
+    managed file itself), reload nginx if that changed it, then wait for the requests in flight
+    on the servers of ``wait_for`` (processes about to stop, among ``down``).
 
     Args:
         spec: the routing file, its managed sha256, the grace period, nginx's unit and check.
         down: process names (``main``: main's server and its ``backup`` lines too). One with no
             server line (a federation sender) changes nothing.
-        wait_for: the processes whose in-flight requests to wait for, at most ``spec.grace``.
+        wait_for: the processes whose in-flight requests to wait for, at most ``spec.grace``:
+            running ones, so a line of theirs with no alternative in its upstream stays up
+            (``mark_down``), and a process with such a line is not waited for.
+        restarting: processes of ``down`` stopped and started again, not ready yet: their
+            lines with no alternative stay up as before their stop (unchanged, no reload).
         reload: reloads nginx and returns once the new configuration serves; by default
             ``systemctl reload`` of ``spec.unit`` (``reload_unit``).
 
@@ -115,10 +147,14 @@ def route(
     """
     live = _read(spec.path)
     base = _managed(spec, live)
-    text, marked = mark_down(base, down)
+    wait_for = set(wait_for)
+    text, marked = mark_down(base, down, wait_for | set(restarting))
     if text != live:
         _rewrite(spec, text, live, reload or reload_unit)
-    waiting = set(wait_for)
+    # Requests keep reaching a process with a line left up: waiting for them would only hold
+    # the wave for the whole grace; they are cut at its stop.
+    every = servers_of(base)
+    waiting = {p for p in wait_for if len(every.get(p, ())) == sum(q == p for q, _ in marked)}
     servers = tuple((p, a) for p, a in marked if p in waiting)
     start = time.monotonic()
     addresses = {_socket_address(address) for _, address in servers}
@@ -160,12 +196,23 @@ def before_wave(
     return route(spec, [*stopping, *starting, *later], stopping)
 
 
+def while_ready(
+    spec: DrainSpec, restarting: Iterable[str], starting: Iterable[str], later: Iterable[str]
+) -> None:
+    """Some processes of a wave are ready: only those not ready yet (``restarting``, and the new
+    ``starting``) and those later waves start stay down; each process is back in nginx as soon
+    as it is ready, not when its whole wave is. Nothing to do if no wave drained anything yet.
+    Rewrites and reloads only when the file changes."""
+    live = _read(spec.path)
+    if live != _managed(spec, live):
+        restarting = list(restarting)
+        route(spec, [*restarting, *starting, *later], restarting=restarting)
+
+
 def after_wave(spec: DrainSpec, later: Iterable[str]) -> None:
     """After a wave is ready: only the processes later waves start stay down (none: the managed
     file back). Nothing to do if no wave drained anything yet."""
-    live = _read(spec.path)
-    if live != _managed(spec, live):
-        route(spec, later)
+    while_ready(spec, (), (), later)
 
 
 def process_name(unit: str) -> str | None:

@@ -4,6 +4,7 @@ the end of a run, until Redis counts every process subscribed. Standard library 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from . import units
 from .batch import ApplyError
@@ -11,11 +12,19 @@ from .manifest import Readiness, RedisCheck
 from .systemd import failure_report, list_units
 
 
-def wait_until_ready(unit_names: list[str], readiness: Readiness, redis: bool = False) -> None:
+def wait_until_ready(
+    unit_names: list[str],
+    readiness: Readiness,
+    redis: bool = False,
+    on_ready: Callable[[list[str]], None] | None = None,
+) -> None:
     """Wait until each unit is ready by its own criterion (``unit_not_ready``) and, with
     ``redis``, until Redis counts every planned process subscribed. ``host/apply.py`` waits
     per wave without Redis (during a scale-up the new workers are not all started yet) and
-    once at the end of the run with it, when a Synapse process was (re)started."""
+    once at the end of the run with it, when a Synapse process was (re)started.
+
+    ``on_ready`` is called with the units still not ready after each poll (every 0.5 s) that
+    found one or more newly ready: at most once per poll and once per unit."""
     timeout = readiness.timeout
     redis_check = readiness.redis if redis else None
     if (not unit_names and redis_check is None) or not timeout:
@@ -26,12 +35,15 @@ def wait_until_ready(unit_names: list[str], readiness: Readiness, redis: bool = 
     while True:
         if waiting:
             states = list_units(sorted(waiting))  # these units by name, nginx included
+            count = len(waiting)
             for unit in sorted(waiting):
                 problem = unit_not_ready(unit, states.get(unit), readiness)
                 if problem is None:
                     del waiting[unit]
                 else:
                     waiting[unit] = problem
+            if on_ready is not None and len(waiting) < count:
+                on_ready(sorted(waiting))
         if redis_check is not None and redis_problem is not None:
             redis_problem = redis_not_ready(redis_check)
         if not waiting and redis_problem is None:

@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,7 +46,8 @@ def server_lines(text: str) -> dict[str, list[str]]:
 
 def test_marking_down_touches_only_the_named_processes_and_comes_back_exactly() -> None:
     config = config_for("one-of-each")
-    drained, servers = mark_down(config, ["generic-0", "stream-writer-1-typing", "pusher-0"])
+    named = ["generic-0", "stream-writer-1-typing", "pusher-0"]
+    drained, servers = mark_down(config, named, running=())  # none of them runs
     assert [p for p, _ in servers] == ["stream-writer-1-typing", "generic-0", "generic-0"]
     before, after = server_lines(config), server_lines(drained)
     for process, lines in after.items():
@@ -57,13 +59,39 @@ def test_marking_down_touches_only_the_named_processes_and_comes_back_exactly() 
     assert config.count(" down;") == 0  # the managed file never has one: stripping is exact
 
 
-def test_draining_main_marks_its_own_server_and_every_backup_line() -> None:
+def test_a_running_process_with_no_alternative_in_its_upstream_is_not_marked_down() -> None:
+    """Typing has one writer and no fallback to main: marking it down before its stop would
+    only answer its requests with 503 for the whole grace. generic-0 has main as its backup."""
+    config = config_for("one-of-each")
+    drained, servers = mark_down(
+        config, ["generic-0", "stream-writer-1-typing", "media-repository-0"]
+    )
+    assert {p for p, _ in servers} == {"generic-0"}
+    lines = server_lines(drained)
+    assert lines["stream-writer-1-typing"] == server_lines(config)["stream-writer-1-typing"]
+    assert lines["media-repository-0"] == server_lines(config)["media-repository-0"]
+    assert all(x.endswith(" down;  # generic-0") for x in lines["generic-0"])
+    # Main's own upstream has no other server: it stays up; its backup lines go down.
+    drained, servers = mark_down(config, ["main"])
+    main = server_lines(drained)["main"]
+    assert not main[0].endswith("down;  # main") and main[0].startswith("server 127.0.0.1:8008 ")
+    assert all(x.endswith("backup down;  # main") for x in main[1:]) and len(main) > 1
+    # An upstream whose every server stops (generic-0 and its backup main together): none is
+    # marked down there, as none has an alternative.
+    drained, _ = mark_down(config, ["main", "generic-0"])
+    generic = re.search(r"upstream synapse_generic \{.*?\}", drained, re.S)
+    assert generic is not None and " down;" not in generic[0]
+
+
+def test_draining_main_marks_every_backup_line_but_its_own_server() -> None:
     config = config_for("specialized-workers")
     drained, servers = mark_down(config, ["main"])
     lines = server_lines(drained)["main"]
-    assert len(servers) == len(lines) == 6  # synapse_main + sync, room, readers, fed, user dir
+    assert len(servers) == 5 and len(lines) == 6  # sync, room, readers, fed, user dir backups
     assert sum(x.endswith("backup down;  # main") for x in lines) == 5
     assert undrained(drained) == config
+    _, servers = mark_down(config, ["main"], running=())  # not running: its own line too
+    assert len(servers) == 6
 
 
 @pytest.fixture
@@ -185,12 +213,15 @@ def root(tmp_path: Path) -> Root:
 # --- Around each restart wave (deploys/host/apply.py) ------------------------------------------
 
 
-def wired(root: Root, systemctl: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Manifest:
-    """Main and three generic workers deployed and running; nginx's reload is recorded in the
-    systemctl log with the processes the live file has ``down`` at that moment."""
-    deployed(root, **WAVES)
-    manifest = waves_manifest(root, systemctl)
-    spec = root.read(**WAVES)[0].drain
+def wired(
+    root: Root, systemctl: dict[str, Path], monkeypatch: pytest.MonkeyPatch, **overrides: Any
+) -> Manifest:
+    """Main and three generic workers (``WAVES``, then ``overrides``) deployed and running;
+    nginx's reload is recorded in the systemctl log with the processes the live file has
+    ``down`` at that moment."""
+    deployed(root, **{**WAVES, **overrides})
+    manifest = waves_manifest(root, systemctl, **overrides)
+    spec = root.read(**{**WAVES, **overrides})[0].drain
     assert spec is not None
     log = systemctl["log"]
 
@@ -223,11 +254,9 @@ def test_each_wave_drains_what_it_stops_and_puts_the_file_back_once_ready(
     assert manifest.drain is not None
     managed = Path(manifest.drain.path).read_bytes()
     host_apply.restart(manifest, [HOMESERVER_CHANGED])
-    expected = [
-        "nginx reload: down main",
-        f"restart {host_units.MAIN_UNIT}",
-        "nginx reload: down -",
-    ]
+    # Main is the only server of its upstream here (no worker class with main as backup):
+    # nothing to drain, it serves until it stops.
+    expected = [f"restart {host_units.MAIN_UNIT}"]
     for i in range(3):
         worker = f"generic-{i}"
         expected += [
@@ -236,6 +265,40 @@ def test_each_wave_drains_what_it_stops_and_puts_the_file_back_once_ready(
             "nginx reload: down -",
         ]
     assert acted(systemctl) == expected
+    assert Path(manifest.drain.path).read_bytes() == managed
+
+
+def test_each_process_is_back_in_nginx_as_soon_as_it_is_ready(
+    root: Root, systemctl: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wave of two generic workers: generic-1 is ready first and goes back into nginx while
+    generic-0 is still starting; then generic-0 too, before the wave ends."""
+    manifest = wired(
+        root,
+        systemctl,
+        monkeypatch,
+        matrix_synapse_workers_generic_workers_count=4,
+        matrix_synapse_restart_batch_percent=50,
+    )
+    assert manifest.drain is not None
+    managed = Path(manifest.drain.path).read_bytes()
+    first, second = (host_units.worker_unit(f"generic-{i}") for i in (0, 1))
+    systemctl["stuck"].write_text(first + "\n")
+    while_ready = host_drain.while_ready
+
+    def then_unstick(spec: DrainSpec, restarting: list[str], *args: Any) -> None:
+        while_ready(spec, restarting, *args)
+        if restarting == ["generic-0"]:
+            systemctl["stuck"].write_text("")  # generic-0 ready at the next poll
+
+    monkeypatch.setattr(host_drain, "while_ready", then_unstick)
+    host_apply.restart(manifest, [HOMESERVER_CHANGED])
+    assert acted(systemctl)[1:5] == [
+        "nginx reload: down generic-0 generic-1",
+        f"restart {first} {second}",
+        "nginx reload: down generic-0",  # generic-1 ready, generic-0 not yet
+        "nginx reload: down -",  # generic-0 ready: the managed file, before the wave ends
+    ]
     assert Path(manifest.drain.path).read_bytes() == managed
 
 
@@ -289,14 +352,14 @@ def test_workers_a_later_wave_starts_stay_down_until_their_wave_has_run(
     assert host_drain.before_wave(spec, [], ["generic-0"], ["generic-2"]) is None
     host_drain.after_wave(spec, ["generic-2"])
     assert reloads == [] and path.read_bytes() == managed
-    # Wave 1 restarts main; generic-2 is new and starts in wave 2.
-    done = host_drain.before_wave(spec, ["main"], [], ["generic-2"])
-    assert done is not None and {p for p, _ in done.servers} == {"main"}
-    assert down_now(path) == ["generic-2", "main"]
+    # Wave 1 restarts generic-0; generic-2 is new and starts in wave 2.
+    done = host_drain.before_wave(spec, ["generic-0"], [], ["generic-2"])
+    assert done is not None and {p for p, _ in done.servers} == {"generic-0"}
+    assert down_now(path) == ["generic-0", "generic-2"]
     host_drain.after_wave(spec, ["generic-2"])
     assert down_now(path) == ["generic-2"]
     assert host_drain.before_wave(spec, [], ["generic-2"], []) is not None  # wave 2 starts it
     assert down_now(path) == ["generic-2"]
     host_drain.after_wave(spec, [])
     assert path.read_bytes() == managed
-    assert reloads == ["generic-2,main", "generic-2", "-"]  # no reload when nothing changes
+    assert reloads == ["generic-0,generic-2", "generic-2", "-"]  # no reload when nothing changes

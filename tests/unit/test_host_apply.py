@@ -585,9 +585,10 @@ def recorded(systemctl: dict[str, Path]) -> list[str]:
     ]
 
 
-def waves_manifest(root: Root, systemctl: dict[str, Path]) -> Manifest:
-    """Main and three generic workers running; readiness by systemd state only."""
-    manifest, _ = root.read(**WAVES)
+def waves_manifest(root: Root, systemctl: dict[str, Path], **overrides: Any) -> Manifest:
+    """Main and three generic workers running (``WAVES``, then ``overrides``); readiness by
+    systemd state only."""
+    manifest, _ = root.read(**{**WAVES, **overrides})
     units = [
         host_units.MAIN_UNIT,
         host_units.TARGET_UNIT,

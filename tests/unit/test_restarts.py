@@ -566,7 +566,11 @@ def test_bad_restart_settings_name_key_value_and_what_is_allowed(
 
 def test_restart_defaults() -> None:
     restarts = parse_settings(make_data()).restarts
-    assert (restarts.strategy, restarts.batch_percent, restarts.drain_seconds) == ("rolling", 20, 2)
+    assert (restarts.strategy, restarts.batch_percent, restarts.drain_seconds) == (
+        "rolling",
+        20,
+        30,
+    )
 
 
 def test_removing_the_last_federation_sender_or_pusher_stops_it_in_the_coupled_wave() -> None:
