@@ -34,7 +34,8 @@ The controller (deploys/operations/synapse.py) uploads one archive holding this 
    the journal stays, so the next run finishes the work;
 9. after the waves: starts the target (and nginx if it was stopped), reloads what reloads
    (nginx; Synapse processes no wave restarted, by SIGHUP), stops stale workers nginx no longer
-   routes to (after nginx reloaded without them and a grace of ``drain.grace`` seconds), and
+   routes to (after nginx reloaded without them, once no connection to them is open, at most
+   ``drain.grace`` seconds: ``drain.wait_for_stale``), and
    waits until nginx is ready and, if a Synapse process was (re)started, Redis counts every
    planned process subscribed; only then records the applied topology and removes the journal:
    nothing is owed any more.
@@ -48,7 +49,6 @@ import json
 import os
 import signal
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,7 +159,8 @@ def restart(manifest: Manifest, changes: list[units.Change]) -> restarts.Restart
     systemd.run_commands(plan.after_commands(), manifest.systemd_dir)
     if plan.stop_after:
         # nginx was just reloaded without them: let its old workers finish their requests.
-        time.sleep(spec.grace if spec is not None else 0)
+        if spec is not None:
+            drain.wait_for_stale(plan.stop_after, spec.grace)
         systemd.run_commands(plan.stop_after_commands(), manifest.systemd_dir)
     readiness.wait_until_ready(
         plan.after_ready_units(), manifest.readiness, redis=plan.synapse_restarted()

@@ -47,6 +47,8 @@ _SERVER_LINE = re.compile(
     r"(?P<tail>;\s*#\s*(?P<process>\S+)\s*)$"
 )
 ESTABLISHED = "01"  # the state column of /proc/net/tcp
+LISTEN = "0A"
+WILDCARD_AS = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 POLL_SECONDS = 0.05
 RELOAD_TIMEOUT = 10.0  # seconds for nginx's new worker processes to appear after a reload
 
@@ -156,13 +158,44 @@ def route(
     every = servers_of(base)
     waiting = {p for p in wait_for if len(every.get(p, ())) == sum(q == p for q, _ in marked)}
     servers = tuple((p, a) for p, a in marked if p in waiting)
-    start = time.monotonic()
-    addresses = {_socket_address(address) for _, address in servers}
-    open_now = connections_to(addresses) if addresses else 0
-    while open_now and time.monotonic() - start < spec.grace:
-        time.sleep(POLL_SECONDS)
-        open_now = connections_to(addresses)
-    return Drained(servers, time.monotonic() - start, open_now, text != live)
+    waited, open_now = _wait_closed({_socket_address(a) for _, a in servers}, spec.grace)
+    return Drained(servers, waited, open_now, text != live)
+
+
+def wait_for_stale(units_: Iterable[str], grace: float) -> tuple[float, int]:
+    """Stale workers nginx no longer routes to (it was reloaded without them): wait until no
+    connection to an address they listen on is open, at most ``grace`` seconds, so their stop
+    cuts no request nginx's old worker processes still hold. Returns how long it waited and
+    how many connections were still open."""
+    units_ = list(units_)
+    if not units_:
+        return 0.0, 0
+    shown = _run(["systemctl", "show", "--property=MainPID", *units_]).stdout
+    pids = [int(v) for line in shown.split() if (v := line.partition("=")[2]).isdigit()]
+    addresses = set().union(*(listening_addresses(pid) for pid in pids if pid > 0))
+    return _wait_closed(addresses, grace)
+
+
+def listening_addresses(pid: int) -> set[tuple[str, int]]:
+    """The TCP addresses process ``pid`` listens on (a wildcard one as loopback: how nginx on
+    this host reaches it)."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    except OSError:  # gone already
+        return set()
+    found = set()
+    for fields, family in _tcp_rows():
+        if fields[3] == LISTEN and fields[9] in inodes:
+            ip, port = _proc_address(fields[1], family)
+            found.add((WILDCARD_AS.get(ip, ip), port))
+    return found
 
 
 def drain(
@@ -245,18 +278,33 @@ def wait_for_new_workers(master: int, reload: Callable[[], object]) -> None:
 
 def connections_to(addresses: set[tuple[str, int]]) -> int:
     """Established TCP connections on this host whose remote end is one of ``addresses``."""
-    count = 0
+    return sum(
+        fields[3] == ESTABLISHED and _proc_address(fields[2], family) in addresses
+        for fields, family in _tcp_rows()
+    )
+
+
+def _tcp_rows() -> list[tuple[list[str], int]]:
+    """The rows of /proc/net/tcp and tcp6, split, with their address family."""
+    rows = []
     for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
         try:
             with open(table) as f:
-                rows = f.read().splitlines()[1:]
+                rows += [(row.split(), family) for row in f.read().splitlines()[1:]]
         except FileNotFoundError:  # no IPv6
             continue
-        for row in rows:
-            fields = row.split()
-            if fields[3] == ESTABLISHED and _proc_address(fields[2], family) in addresses:
-                count += 1
-    return count
+    return rows
+
+
+def _wait_closed(addresses: set[tuple[str, int]], grace: float) -> tuple[float, int]:
+    """Wait until no connection to ``addresses`` is open, at most ``grace`` seconds; how long
+    it waited and how many were still open."""
+    start = time.monotonic()
+    open_now = connections_to(addresses) if addresses else 0
+    while open_now and time.monotonic() - start < grace:
+        time.sleep(POLL_SECONDS)
+        open_now = connections_to(addresses)
+    return time.monotonic() - start, open_now
 
 
 # --- Helpers ----------------------------------------------------------------------------------

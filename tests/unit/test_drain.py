@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,31 @@ def test_the_drain_waits_for_open_connections_at_most_the_grace(
     short = DrainSpec(spec.path, spec.sha256, 0.3, NGINX_UNIT, "true")
     done = drain(short, ["generic-1"], reload=lambda s: reloads.append(s.path))
     assert done.in_flight == 1 and 0.3 <= done.waited < 2
+
+
+def test_stale_workers_stop_once_no_connection_to_them_is_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real listening socket of this process and a real connection to it: the wait lasts
+    while the connection is open (at most the grace) and ends at once when it is closed."""
+    server = socket.socket()
+    server.bind(("0.0.0.0", 0))  # a wildcard listener is reached on loopback
+    server.listen()
+    port = server.getsockname()[1]
+    assert ("127.0.0.1", port) in host_drain.listening_addresses(os.getpid())
+    systemctl = tmp_path / "systemctl"
+    systemctl.write_text(f"#!/bin/sh\necho MainPID={os.getpid()}\necho MainPID=0\n")
+    systemctl.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    waited, open_now = host_drain.wait_for_stale(["matrix-synapse-worker@generic-9.service"], 0.3)
+    assert open_now == 1 and 0.3 <= waited < 2
+    client.close()
+    accepted.close()
+    waited, open_now = host_drain.wait_for_stale(["matrix-synapse-worker@generic-9.service"], 30)
+    assert open_now == 0 and waited < 2
+    server.close()
 
 
 def test_the_controller_ships_the_managed_sha256_and_the_grace_setting() -> None:
