@@ -234,13 +234,10 @@ class TestHost:
             user,
         ]
         argv += [f"-o{k}={v}" for k, v in self._ssh_options().items()]
+        # Either input or stdin, never both (subprocess.run refuses input with any stdin=).
+        feed: dict[str, Any] = {"stdin": subprocess.DEVNULL} if input is None else {"input": input}
         proc = subprocess.run(
-            [*argv, "127.0.0.1", cmd],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            input=input,
-            stdin=None if input else subprocess.DEVNULL,
+            [*argv, "127.0.0.1", cmd], capture_output=True, text=True, timeout=timeout, **feed
         )
         if check and proc.returncode != 0:
             raise SSHCommandError(

@@ -8,17 +8,15 @@ codes and streams; secrets only where the operator asked for them.
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import textwrap
 from collections import Counter
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from pyinfra.context import ctx_state
-from pyinfra_cli.inventory import _get_group_data
 
 from deploys.core.mdad_import import ImportFailed, import_vars, load_vars, render_group_data
 from deploys.core.plan import WorkerPlan, build_plan
@@ -53,6 +51,18 @@ SINGLETONS = {"pusher": 1, "federation_sender": 1, "media_repository": 1}
 SINGLETONS |= {"appservice": 1, "user_dir": 1, "background": 1}
 
 
+# pyinfra's group_data loader (it records the file it runs on the current state); prints the
+# "synapse" group's data as a Python literal.
+LOAD_GROUP_DATA = """
+import sys
+from types import SimpleNamespace
+from pyinfra.context import ctx_state
+from pyinfra_cli.inventory import _get_group_data
+with ctx_state.use(SimpleNamespace(current_exec_filename=None)):
+    print(repr(_get_group_data(sys.argv[1])["synapse"]))
+"""
+
+
 def run_import(text: str, tmp_path: Path) -> tuple[str, dict[str, Any], Settings, WorkerPlan]:
     """The CLI's output for ``text``, loaded as pyinfra loads group_data, parsed and planned."""
     source = tmp_path / "vars.yml"
@@ -68,9 +78,18 @@ def run_import(text: str, tmp_path: Path) -> tuple[str, dict[str, Any], Settings
     group_dir = tmp_path / "group_data"
     group_dir.mkdir()
     (group_dir / "synapse.py").write_text(result.stdout)
-    # pyinfra's own group_data loader (it records the file it runs on the current state).
-    with ctx_state.use(SimpleNamespace(current_exec_filename=None)):
-        group = _get_group_data(str(group_dir))["synapse"]
+    # pyinfra's own group_data loader, in a child process: importing pyinfra_cli monkey-patches
+    # the stdlib for gevent, which in pytest's process would change subprocess, socket and
+    # threading for every test collected after this module (tests/conftest.py refuses that).
+    loaded = subprocess.run(
+        [sys.executable, "-c", LOAD_GROUP_DATA, str(group_dir)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    group = ast.literal_eval(loaded.stdout)
     data = load_defaults()
     data.update(group)
     settings = parse_settings(data)
