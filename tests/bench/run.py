@@ -141,10 +141,11 @@ class BenchHost:
                 total += float(end) - float(start)
         return total
 
-    def check_serving(self, processes: int) -> None:
+    def check_serving(self, processes: int, server_name: str) -> None:
         """Fail the benchmark unless the defaults really ran: every process subscribed to Redis
         and nginx routing to a worker (the stand-in names itself in its answers)."""
-        subscribed = int(self.host.ssh("redis-cli PUBSUB NUMSUB example.org").stdout.split()[-1])
+        command = f"redis-cli PUBSUB NUMSUB {server_name}"
+        subscribed = int(self.host.ssh(command).stdout.split()[-1])
         answer = self.host.ssh(
             'python3 -c "import urllib.request as u; '
             "print(u.urlopen('http://127.0.0.1:8088/_matrix/client/v3/sync').read().decode())\""
@@ -232,12 +233,17 @@ def run_cycle(deploy: str, workers: int, host_count: int, delay: float) -> dict[
     with bench_hosts(host_count, delay) as hosts, tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         # BenchHost stands in for TestHost: write_inventory only calls inventory_entry().
-        entries = [(h, workers_data(workers)) for h in hosts]
+        # One homeserver per host (hosts sharing a matrix_domain would be one cluster).
+        names = [f"hs{i}.example.org" for i in range(len(hosts))]
+        entries = [
+            (h, {**workers_data(workers), "matrix_domain": name})
+            for h, name in zip(hosts, names, strict=True)
+        ]
         inventory = write_inventory(workdir / "inventory.py", entries)  # type: ignore[arg-type]
         samples = {"first": run_pyinfra(workdir, inventory, deploy, hosts)}
         if deploy == OURS:
-            for bench_host in hosts:
-                bench_host.check_serving(workers + 1)
+            for bench_host, name in zip(hosts, names, strict=True):
+                bench_host.check_serving(workers + 1, name)
         samples["no_change"] = run_pyinfra(workdir, inventory, deploy, hosts)
         for bench_host in hosts:
             bench_host.drift_one_worker()

@@ -110,9 +110,11 @@ def test_one_machine_listed_twice_is_refused_before_any_change(
     tmp_path: Path, host: TestHost
 ) -> None:
     _, connection = host.inventory_entry()
-    data = {**connection, "matrix_domain": "example.org", **STANDIN_SETTINGS}
+    data = {**connection, **STANDIN_SETTINGS}
+    # Two homeservers on one machine (with one matrix_domain they would be one cluster's hosts).
+    a, b = ({**data, "matrix_domain": f"{n}.example.org"} for n in "ab")
     inventory = tmp_path / "inventory.py"
-    inventory.write_text(f"hosts = {[('alias-a', data), ('alias-b', data)]!r}\n")
+    inventory.write_text(f"hosts = {[('alias-a', a), ('alias-b', b)]!r}\n")
     run = pyinfra(tmp_path, inventory, "-y")
     assert run.returncode != 0
     assert "alias-a" in run.output and "alias-b" in run.output

@@ -52,8 +52,8 @@ def foreign_files(host: TestHost) -> str:
     return host.ssh(f"sha256sum {paths}; stat -c '%n %a %U %G %Y' {paths}").stdout
 
 
-def redis_subscribers(host: TestHost) -> int:
-    return int(host.ssh("redis-cli PUBSUB NUMSUB example.org").stdout.split()[-1])
+def redis_subscribers(host: TestHost, server_name: str = "example.org") -> int:
+    return int(host.ssh(f"redis-cli PUBSUB NUMSUB {server_name}").stdout.split()[-1])
 
 
 def http_get(host: TestHost, url: str) -> tuple[int, str, str]:
@@ -254,13 +254,21 @@ def test_two_hosts_in_one_run_get_their_own_plans(tmp_path: Path, testhost_facto
     a, b = testhost_factory(2)
     for h in (a, b):
         install_standin(h)
-    inventory = write_inventory(tmp_path / "inventory.py", [(a, generic(3)), (b, generic(7))])
+    # Two homeservers (hosts sharing a matrix_domain would be one cluster: see test_cluster.py).
+    homeservers = {a: ("a.example.org", 3), b: ("b.example.org", 7)}
+    inventory = write_inventory(
+        tmp_path / "inventory.py",
+        [
+            (h, {**generic(count), "matrix_domain": name})
+            for h, (name, count) in homeservers.items()
+        ],
+    )
     run = pyinfra(tmp_path, inventory, "-y")
     assert run.returncode == 0, run.output
-    for h, count in ((a, 3), (b, 7)):
+    for h, (name, count) in homeservers.items():
         names = h.ssh("ls /etc/matrix-synapse/workers").stdout.split()
         assert sum(n.startswith("generic-") for n in names) == count
-        assert redis_subscribers(h) == count + 15 + 1
+        assert redis_subscribers(h, name) == count + 15 + 1
     rerun = pyinfra(tmp_path, inventory)
     for h in (a, b):
         assert_no_changes(rerun, h.name)
@@ -286,7 +294,17 @@ def test_bad_settings_stop_the_run_before_any_host_changes(
     a, b = testhost_factory(2)
     inventory = write_inventory(
         tmp_path / "inventory.py",
-        [(a, generic(3)), (b, {**generic(3), "matrix_synapse_workers_preset": "one-of-eahc"})],
+        [
+            (a, {**generic(3), "matrix_domain": "a.example.org"}),
+            (
+                b,
+                {
+                    **generic(3),
+                    "matrix_domain": "b.example.org",
+                    "matrix_synapse_workers_preset": "one-of-eahc",
+                },
+            ),
+        ],
     )
     run = pyinfra(tmp_path, inventory, "-y")
     assert run.returncode != 0

@@ -150,7 +150,12 @@ def test_one_command_per_host_whatever_the_worker_count(
         install_standin(h)
     counts = {big: 120, small: 3}
     inventory = write_inventory(
-        tmp_path / "inventory.py", [(h, front_workers(n)) for h, n in counts.items()]
+        tmp_path / "inventory.py",
+        # two homeservers: hosts sharing a matrix_domain would be one cluster
+        [
+            (h, {**front_workers(n), "matrix_domain": f"hs{n}.example.org"})
+            for h, n in counts.items()
+        ],
     )
     deployed = pyinfra(tmp_path, inventory, "-y")
     assert deployed.returncode == 0, deployed.output[-3000:]
