@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.test_synapse_cluster import Client, register
+from tests.e2e.test_synapse_cluster import register
 from tests.support.deploying import assert_no_changes, pyinfra, write_inventory
+from tests.support.matrix_client import Client
 from tests.support.synapse_tree import E2E_SETTINGS, ensure_synapse_tree
 from tests.support.testhost import TestHost
 

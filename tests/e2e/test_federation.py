@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import time
 import uuid
 from collections.abc import Callable
@@ -44,6 +43,7 @@ from deploys.core.plan import build_plan
 from deploys.core.settings import parse_settings
 from tests.support.deploying import assert_no_changes, pyinfra, write_inventory
 from tests.support.federation_tree import ensure_synapse_acme_tree
+from tests.support.matrix_client import guest_request
 from tests.support.pebble import ensure_acme_tree, start_pebble, trust_pebble
 from tests.support.settings_data import make_data
 from tests.support.synapse_tree import E2E_SETTINGS
@@ -56,26 +56,6 @@ NGINX = "http://127.0.0.1:8088"
 ACCESS_LOG = "/var/log/nginx/matrix-synapse-workers.access.log"
 # pebble's root (what the certificates it issues chain to), as the operator puts it on each host.
 FEDERATION_CA = "/etc/ssl/pebble-issuer-root.pem"
-# Runs inside the guest: one HTTP request from a JSON spec on stdin, the answer as JSON.
-CLIENT = r"""
-import json, sys, urllib.request, urllib.error
-spec = json.load(sys.stdin)
-data = None if spec.get("body") is None else json.dumps(spec["body"]).encode()
-request = urllib.request.Request(spec["url"], data=data, method=spec["method"])
-request.add_header("Content-Type", "application/json")
-if spec.get("token"):
-    request.add_header("Authorization", "Bearer " + spec["token"])
-try:
-    with urllib.request.urlopen(request, timeout=60) as response:
-        status, body = response.status, response.read()
-except urllib.error.HTTPError as error:
-    status, body = error.code, error.read()
-try:
-    parsed = json.loads(body or b"null")
-except ValueError:
-    parsed = body.decode(errors="replace")
-print(json.dumps({"status": status, "body": parsed}))
-"""
 
 
 class User:
@@ -102,9 +82,7 @@ class User:
         self.token = login["access_token"]
 
     def request(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
-        spec = {"method": method, "url": NGINX + path, "body": body, "token": self.token}
-        out = self.host.ssh(f"python3 -c {shlex.quote(CLIENT)}", input=json.dumps(spec)).stdout
-        return json.loads(out)
+        return guest_request(self.host, method, NGINX + path, body, self.token)
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         answer = self.request(method, path, body)

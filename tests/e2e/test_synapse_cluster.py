@@ -7,8 +7,6 @@ what configuring and starting Synapse costs.
 
 from __future__ import annotations
 
-import json
-import shlex
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,46 +14,12 @@ from typing import Any
 import pytest
 
 from tests.support.deploying import assert_no_changes, main_pids, pyinfra, write_inventory
+from tests.support.matrix_client import Client
 from tests.support.synapse_tree import E2E_SETTINGS, ensure_synapse_tree
 from tests.support.testhost import TestHost
 from tests.support.verifying import assert_verify_passes_with_live_checks
 
 pytestmark = pytest.mark.integration
-
-NGINX = "http://127.0.0.1:8088"
-# Runs inside the guest: one HTTP request from a JSON spec on stdin, the answer as JSON.
-CLIENT = r"""
-import json, sys, urllib.request, urllib.error
-spec = json.load(sys.stdin)
-data = None if spec.get("body") is None else json.dumps(spec["body"]).encode()
-request = urllib.request.Request(spec["url"], data=data, method=spec["method"])
-request.add_header("Content-Type", "application/json")
-if spec.get("token"):
-    request.add_header("Authorization", "Bearer " + spec["token"])
-try:
-    with urllib.request.urlopen(request, timeout=60) as response:
-        status, headers, body = response.status, dict(response.headers), response.read()
-except urllib.error.HTTPError as error:
-    status, headers, body = error.code, dict(error.headers), error.read()
-try:
-    parsed = json.loads(body or b"null")
-except ValueError:
-    parsed = body.decode(errors="replace")
-print(json.dumps({"status": status, "headers": headers, "body": parsed}))
-"""
-
-
-class Client:
-    def __init__(self, host: TestHost) -> None:
-        self.host = host
-        self.token: str | None = None
-
-    def __call__(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
-        spec = {"method": method, "url": NGINX + path, "body": body, "token": self.token}
-        out = self.host.ssh(f"python3 -c {shlex.quote(CLIENT)}", input=json.dumps(spec)).stdout
-        answer = json.loads(out)
-        answer["upstream"] = answer["headers"].get("X-Synapse-Upstream")
-        return answer
 
 
 @pytest.fixture(scope="module")
