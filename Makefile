@@ -18,8 +18,9 @@ demo: deps
 	$(VENV)/bin/python -m tests.support.demo
 
 # Our deploy vs one pyinfra operation per file, 13 / 130 / 1,000 workers at 24 ms RTT, on
-# throwaway test hosts, then a full restart under client load, rolling vs all-at-once; prints two
-# markdown tables (about 26 + 15 minutes; BENCH_ARGS=--quick: ~8; "--restarts-only --quick": ~5).
+# throwaway test hosts, one homeserver on 8 machines x 130, then a full restart under client load,
+# rolling vs all-at-once; prints two markdown tables (about 26 + 15 minutes; BENCH_ARGS=--quick:
+# ~8; "--restarts-only --quick": ~5; "--cluster-only --quick": ~2).
 .PHONY: bench
 bench: deps
 	$(VENV)/bin/python -m tests.bench.run $(BENCH_ARGS)

@@ -5,6 +5,8 @@
     python -m tests.bench.run --restarts-only --quick   # only the restart rows, 1 run each
     python -m tests.bench.run --cluster-plan-only   # pure controller row: 100 machines x 100
                                                     # workers planned and rendered (cluster_plan.py)
+    python -m tests.bench.run --cluster-only --quick   # one homeserver on 8 machines x 130
+                                                       # workers vs 1 machine x 130, 1 run each
 
 The second table (tests/bench/restarts.py) is a full restart under client load, rolling vs
 all-at-once; what follows describes the first.
@@ -30,6 +32,15 @@ plus the SSH exec channels and SFTP uploads (tests/support/pyinfra_counted.py), 
 controller's peak RSS (``wait4`` rusage of the pyinfra process). Runs are normal pyinfra runs
 (prepare, then execute; no ``-y``), as a user runs them.
 
+The last rows are one homeserver on 8 machines (issue 13): 8 fresh hosts on one private bridge
+(tests/support/testhost_net.py), each at its own address and behind its own proxy, the first the
+main host (main process, nginx, Redis), 130 workers on each (tests/bench/cluster_layout.py), and
+its ratio to the 1 machine x 130 row of the same invocation. After its first deploy every one of
+the 1,041 processes must be subscribed to main's Redis (with the password) and nginx on main must
+answer; the changed run edits one worker's file on every machine. Its service start is the main
+host's plus the slowest workers host's (main is applied and ready before the workers hosts apply,
+in parallel), and its SSH counts are the main host's and the workers hosts' apart.
+
 *Service start* is the time the host spent inside the deploy's state-changing ``systemctl``
 commands (daemon-reload, enable, start, restart, stop, reload), measured by a timing wrapper
 installed as ``/usr/local/sbin/systemctl`` on the test host (it runs ``/usr/bin/systemctl`` and
@@ -47,6 +58,7 @@ import itertools
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -57,11 +69,17 @@ from pathlib import Path
 from typing import Any
 
 from deploys.core.settings import REPO_ROOT
+from tests.bench.cluster_layout import DOMAIN as CLUSTER_DOMAIN, SECRETS, cluster_data
 from tests.bench.cluster_plan import cluster_rows
 from tests.bench.latency_proxy import LatencyProxy
 from tests.bench.restarts import restart_table
 from tests.support.deploying import counted_pyinfra, install_standin, write_inventory
-from tests.support.testhost import TestHost, ensure_base_tree, missing_prerequisites
+from tests.support.testhost import (
+    BridgeNetwork,
+    TestHost,
+    ensure_base_tree,
+    missing_prerequisites,
+)
 
 OURS = "deploys/synapse.py"
 BASELINE = "tests/bench/baseline_deploy.py"
@@ -108,10 +126,13 @@ def workers_data(workers: int) -> dict[str, Any]:
 class BenchHost:
     """A fresh test host behind its own latency proxy, ready for a deploy."""
 
-    def __init__(self, delay: float, tree: Path | None = None) -> None:
+    def __init__(
+        self, delay: float, tree: Path | None = None, network: BridgeNetwork | None = None
+    ) -> None:
         """A host running the stand-in, or, from ``tree``, whatever that tree installed (the
-        real Synapse: tests/support/synapse_tree.py)."""
-        self.host = TestHost.start(f"bench{os.getpid()}-{next(_names)}", tree=tree)
+        real Synapse: tests/support/synapse_tree.py); on ``network`` (a private bridge the
+        hosts of one cluster share) if given, else with only its own loopback."""
+        self.host = TestHost.start(f"bench{os.getpid()}-{next(_names)}", tree=tree, network=network)
         try:
             if tree is None:
                 install_standin(self.host)
@@ -141,10 +162,12 @@ class BenchHost:
                 total += float(end) - float(start)
         return total
 
-    def check_serving(self, processes: int, server_name: str) -> None:
+    def check_serving(self, processes: int, server_name: str, password: str | None = None) -> None:
         """Fail the benchmark unless the defaults really ran: every process subscribed to Redis
-        and nginx routing to a worker (the stand-in names itself in its answers)."""
-        command = f"redis-cli PUBSUB NUMSUB {server_name}"
+        and nginx routing to a worker (the stand-in names itself in its answers). ``password``:
+        Redis's (a cluster's main host requires it, from loopback too)."""
+        auth = f"REDISCLI_AUTH={password} " if password else ""
+        command = f"{auth}redis-cli PUBSUB NUMSUB {server_name}"
         subscribed = int(self.host.ssh(command).stdout.split()[-1])
         answer = self.host.ssh(
             'python3 -c "import urllib.request as u; '
@@ -156,9 +179,9 @@ class BenchHost:
                 f"subscribed to Redis; nginx /sync answered {answer!r}"
             )
 
-    def drift_one_worker(self) -> None:
+    def drift_one_worker(self, path: str = DRIFTED_WORKER) -> None:
         """Edit one worker's file on the host, so the next deploy must rewrite just that one."""
-        self.host.ssh(f"echo '# drift' >> {DRIFTED_WORKER}")
+        self.host.ssh(f"echo '# drift' >> {path}")
         self.service_seconds()  # forget systemctl calls made outside a timed run
 
     def stop(self) -> None:
@@ -167,15 +190,23 @@ class BenchHost:
 
 
 @contextlib.contextmanager
-def bench_hosts(count: int, delay: float) -> Iterator[list[BenchHost]]:
+def bench_hosts(count: int, delay: float, bridged: bool = False) -> Iterator[list[BenchHost]]:
+    """``count`` fresh hosts, each behind its own proxy; ``bridged``: all on one new private
+    bridge (tests/support/testhost_net.py), each at its own ``host.address``. Every host (by the
+    PIDs it recorded) and the bridge are removed on the way out, whatever happened."""
     hosts: list[BenchHost] = []
+    network = BridgeNetwork.create(keep=True) if bridged else None
     try:
         for _ in range(count):
-            hosts.append(BenchHost(delay))
+            hosts.append(BenchHost(delay, network=network))
         yield hosts
     finally:
-        for bench_host in hosts:
-            bench_host.stop()
+        try:
+            for bench_host in hosts:
+                bench_host.stop()
+        finally:
+            if network is not None:
+                network.close()
 
 
 # --------------------------------------------------------------------------- one pyinfra run
@@ -189,11 +220,19 @@ class Sample:
     commands: int  # per host (the most any host saw)
     uploads: int
     peak_rss_mib: float
-    service_seconds: float  # the slowest host's (hosts run in parallel)
+    service_seconds: float  # the slowest host's (hosts run in parallel); a cluster: see below
+    per_host: tuple[tuple[int, int], ...] = ()  # (commands, uploads) of each host, in order
 
 
-def run_pyinfra(workdir: Path, inventory: Path, deploy: str, hosts: Sequence[BenchHost]) -> Sample:
-    """Run ``pyinfra INVENTORY DEPLOY`` once (answering its prompt) and measure it."""
+def run_pyinfra(
+    workdir: Path,
+    inventory: Path,
+    deploy: str,
+    hosts: Sequence[BenchHost],
+    service: Callable[[list[float]], float] = max,
+) -> Sample:
+    """Run ``pyinfra INVENTORY DEPLOY`` once (answering its prompt) and measure it. ``service``
+    makes one figure of the hosts' service start times (default: the slowest host's)."""
     counts = workdir / "counts.json"
     counts.unlink(missing_ok=True)
     log = workdir / "pyinfra.log"
@@ -224,7 +263,11 @@ def run_pyinfra(workdir: Path, inventory: Path, deploy: str, hosts: Sequence[Ben
         max(data["commands"].values(), default=0),
         max(data["uploads"].values(), default=0),
         usage.ru_maxrss / 1024,
-        max(h.service_seconds() for h in hosts),
+        service([h.service_seconds() for h in hosts]),
+        tuple(
+            (data["commands"].get(h.host.name, 0), data["uploads"].get(h.host.name, 0))
+            for h in hosts
+        ),
     )
 
 
@@ -251,6 +294,40 @@ def run_cycle(deploy: str, workers: int, host_count: int, delay: float) -> dict[
         return samples
 
 
+def _main_then_workers(seconds: list[float]) -> float:
+    """A cluster's service start: the main host's, then the slowest workers host's (the workers
+    hosts apply in parallel once main is ready: README, "Several machines")."""
+    return seconds[0] + max(seconds[1:], default=0.0)
+
+
+def run_cluster_cycle(machines: int, workers: int, delay: float) -> dict[str, Sample]:
+    """`run_cycle` for one homeserver on ``machines`` test hosts on a private bridge, with
+    ``workers`` workers on each (tests/bench/cluster_layout.py; the first host is main). The
+    changed run edits one worker's file on every machine (as the independent hosts' row does)."""
+    with bench_hosts(machines, delay, bridged=True) as hosts, tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        layout = cluster_data([h.host.address or "" for h in hosts], workers)
+        entries = list(zip(hosts, layout, strict=True))
+        inventory = write_inventory(workdir / "inventory.py", entries)  # type: ignore[arg-type]
+
+        def run() -> Sample:
+            return run_pyinfra(workdir, inventory, OURS, hosts, _main_then_workers)
+
+        samples = {"first": run()}
+        # Every process of the cluster subscribed to main's Redis; nginx on main answers.
+        password = SECRETS["matrix_synapse_redis_password"]
+        hosts[0].check_serving(machines * workers + 1, CLUSTER_DOMAIN, password)
+        samples["no_change"] = run()
+        # Each machine's first generic worker (names are numbered across the cluster).
+        generic = itertools.accumulate(
+            [0, *(d["matrix_synapse_workers_generic_workers_count"] for d in layout)]
+        )
+        for bench_host, number in zip(hosts, generic, strict=False):
+            bench_host.drift_one_worker(f"/etc/matrix-synapse/workers/generic-{number}.yaml")
+        samples["changed"] = run()
+        return samples
+
+
 # --------------------------------------------------------------------------- results
 
 
@@ -261,6 +338,7 @@ class Row:
     scenario: str
     deploy: str
     runs: list[dict[str, Sample]] = dataclasses.field(default_factory=list)
+    cluster: bool = False  # counts of the main host and of the workers hosts, apart
 
     def median(self, column: str, field: str = "seconds") -> float:
         return statistics.median(getattr(run[column], field) for run in self.runs)
@@ -274,13 +352,36 @@ class Row:
 
     def counts(self) -> str:
         last = self.runs[-1]
-        return " · ".join(f"{last[c].commands}/{last[c].uploads}" for c in COLUMNS)
+        if not self.cluster:
+            return " · ".join(f"{last[c].commands}/{last[c].uploads}" for c in COLUMNS)
+
+        def cell(pairs: Sequence[tuple[int, int]]) -> str:
+            (low, low_up), (high, high_up) = min(pairs), max(pairs)
+            same = (low, low_up) == (high, high_up)
+            return f"{high}/{high_up}" if same else f"{low}/{low_up} to {high}/{high_up}"
+
+        main = " · ".join(cell(last[c].per_host[:1]) for c in COLUMNS)
+        workers = " · ".join(cell(last[c].per_host[1:]) for c in COLUMNS)
+        return f"main {main}; each workers host {workers}"
 
 
-def measure(scenario: str, deploy: str, workers: int, hosts: int, runs: int, delay: float) -> Row:
-    row = Row(scenario, "ours" if deploy == OURS else "per-file")
+def measure(
+    scenario: str,
+    deploy: str,
+    workers: int,
+    hosts: int,
+    runs: int,
+    delay: float,
+    cluster: bool = False,
+) -> Row:
+    """``runs`` cycles of ``hosts`` independent homeservers, or with ``cluster`` one homeserver
+    on ``hosts`` machines (our deploy only)."""
+    row = Row(scenario, "ours" if deploy == OURS else "per-file", cluster=cluster)
     for index in range(runs):
-        row.runs.append(run_cycle(deploy, workers, hosts, delay))
+        if cluster:
+            row.runs.append(run_cluster_cycle(hosts, workers, delay))
+        else:
+            row.runs.append(run_cycle(deploy, workers, hosts, delay))
         first = row.runs[-1]["first"]
         print(
             f"  {scenario} {row.deploy} run {index + 1}/{runs}: "
@@ -403,6 +504,7 @@ class Plan:
     multi_workers: int
     runs: int
     rtt_ms: float
+    cluster_machines: int = 0  # one homeserver on this many machines x multi_workers; 0: none
 
 
 def run_benchmark(plan: Plan) -> str:
@@ -440,7 +542,26 @@ def run_benchmark(plan: Plan) -> str:
                     ours[plan.multi_workers],
                 )
             )
+    if plan.cluster_machines > 1:
+        label = f"{plan.cluster_machines} machines {TIMES} {plan.multi_workers} (one cluster)"
+        cluster = measure(
+            label, OURS, plan.multi_workers, plan.cluster_machines, plan.runs, delay, cluster=True
+        )
+        lines.append(format_row(cluster))
+        if plan.multi_workers in ours:
+            lines.append(
+                format_ratio(
+                    label,
+                    f"ours: one cluster of {plan.cluster_machines} machines ÷ 1 machine",
+                    cluster,
+                    ours[plan.multi_workers],
+                )
+            )
     return "\n".join([HEADER, *lines])
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -470,6 +591,12 @@ def main(argv: list[str] | None = None) -> int:
         help="only the pure controller row: one cluster of 100 machines x 100 workers planned "
         "and rendered, time and memory (tests/bench/cluster_plan.py; no test hosts)",
     )
+    parser.add_argument(
+        "--cluster-only",
+        action="store_true",
+        help="only one homeserver on 8 machines x 130 workers (tests/bench/cluster_layout.py) "
+        "and, side by side, 1 machine x 130 (with --quick: 1 run each, a few minutes)",
+    )
     args = parser.parse_args(argv)
     if args.cluster_plan_only:
         print(cluster_rows(1 if args.quick else args.runs))
@@ -477,6 +604,8 @@ def main(argv: list[str] | None = None) -> int:
     if problems := missing_prerequisites():
         parser.error("; ".join(problems))
     ensure_base_tree()
+    # SIGTERM unwinds like Ctrl-C, so every test host and bridge is removed by its finally.
+    signal.signal(signal.SIGTERM, _interrupt)
     quick = args.quick
     plan = Plan(
         sizes=(13, 130) if quick else (13, 130, 1000),
@@ -485,14 +614,17 @@ def main(argv: list[str] | None = None) -> int:
         multi_workers=130,
         runs=1 if quick else args.runs,
         rtt_ms=args.rtt_ms,
+        cluster_machines=8,
     )
+    if args.cluster_only:
+        plan = dataclasses.replace(plan, sizes=(130,), baseline_sizes=(), multi_hosts=0)
     info = machine_info(plan.rtt_ms, plan.runs)
     print(info, file=sys.stderr, flush=True)
     started = time.monotonic()
     tables = []
     if not args.restarts_only:
         tables.append(run_benchmark(plan))
-    if not args.no_restarts:
+    if not (args.no_restarts or args.cluster_only):
         tables.append(restart_table(plan.runs, plan.rtt_ms / 2000))
     table = "\n\n".join(tables)
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
