@@ -11,6 +11,7 @@ import pytest
 
 from deploys.core.plan import build_plan
 from deploys.core.settings import SettingsError, parse_settings
+from deploys.operations.synapse import LOCK_PATH
 from tests.bench.latency_proxy import Cut, LatencyProxy
 from tests.support.deploying import (
     STANDIN_SETTINGS,
@@ -90,6 +91,9 @@ def test_cut_connections_leave_old_or_new_files_and_the_next_run_converges(
         with LatencyProxy("127.0.0.1", host.port, delay=0, cut=cut) as proxy:
             run = deploy(tmp_path, host, settings(4), proxy.port)
         outcomes.append((fraction, run.returncode))
+        # An apply the cut reached goes on without its controller (it ignores SIGHUP), draining
+        # and restarting: wait for it to let go of the deploy lock, as the next run would.
+        host.ssh(f"flock -w 300 {LOCK_PATH} true")
         # Whatever the cut hit, every managed file is exactly its old or its new version...
         for path, digest in managed_hashes(host).items():
             assert digest in (old[path], new[path]), (fraction, path)
