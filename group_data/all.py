@@ -86,6 +86,7 @@ matrix_synapse_metrics_enabled = True
 matrix_synapse_metrics_port = 9100
 
 # Addresses the client/federation, replication and metrics listeners of every process bind to.
+# In a cluster of several machines each also binds its machine's matrix_synapse_private_address.
 matrix_synapse_bind_addresses = ["127.0.0.1"]
 matrix_synapse_replication_bind_addresses = ["127.0.0.1"]
 matrix_synapse_metrics_bind_addresses = ["127.0.0.1"]

@@ -21,8 +21,9 @@ inventory and the function reads nothing else:
 - each host's view (``ClusterPlan.view``): its own workers and the cluster's shared config.
 
 With one machine the plan is exactly ``build_plan``'s: loopback addresses, nothing else bound.
-With more, every replication and worker HTTP listener also binds its machine's private address
-(an IP; a host name is the operator's to bind, and is refused while nothing but loopback is).
+With more, every replication, worker HTTP and metrics listener also binds its machine's private
+address (an IP; a host name is the operator's to bind, and is refused while nothing but loopback
+is), so the main host's Prometheus scrapes every machine.
 
 The rules between hosts are refused before any host changes, all at once, each naming the hosts
 and keys: one main (among the hosts not retired), a private address on every machine of a

@@ -90,8 +90,8 @@ class Placement:
             numbers of a type are consecutive and at most 1,000, so they never share a port, and
             a worker keeps its port when another moves.
         peer_address: the IP address the cluster's other machines reach this one at: every
-            replication and worker HTTP listener binds it too (None: alone, or a host name the
-            operator binds through the bind-address settings).
+            replication, worker HTTP and metrics listener binds it too (None: alone, or a host
+            name the operator binds through the bind-address settings).
     """
 
     runs_main: bool = True
@@ -329,7 +329,8 @@ def _listener(
         return Listener(
             purpose=purpose,
             port=port,
-            bind_addresses=settings.metrics_bind_addresses,
+            # Peers include the main host's Prometheus, which scrapes every machine.
+            bind_addresses=_with_peer(settings.metrics_bind_addresses, peer_address),
             resources=(),
             x_forwarded=False,
             source=source,

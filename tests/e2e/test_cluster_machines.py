@@ -135,6 +135,22 @@ def test_a_real_homeserver_on_three_machines(tmp_path: Path, bridged_testhosts: 
     assert "Missing Authorization header" in journal
     assert "Invalid Authorization header" in journal
 
+    # A Prometheus on the main host reaches every process of the cluster its file_sd names.
+    scrape = (
+        "import json, urllib.request as u\n"
+        "groups = json.load(open('/etc/prometheus/file_sd/synapse.json'))\n"
+        "for g in groups:\n"
+        "    body = u.urlopen(f'http://{g[\"targets\"][0]}/_synapse/metrics', timeout=10).read()\n"
+        "    print(g['labels']['worker'], g['targets'][0], b'synapse_build_info' in body)\n"
+    )
+    scraped = [line.split() for line in main.ssh("python3 -", input=scrape).stdout.splitlines()]
+    assert len(scraped) == 1 + 7 + 3 and all(ok == "True" for _, _, ok in scraped), scraped
+    assert {address.rsplit(":", 1)[0] for _, address, _ in scraped} == {
+        "127.0.0.1",
+        writers.address,
+        senders.address,
+    }, scraped
+
     assert_no_changes(pyinfra(tmp_path, inventory, timeout=900), main.name, commands=None)
 
     def units(host: TestHost) -> set[str]:

@@ -191,9 +191,7 @@ def test_listeners_peers_reach_bind_the_private_address_too_and_nothing_else_cha
     for machine, address in (("main", "10.0.0.1"), ("gen", "10.0.0.2"), ("fed", "10.0.0.3")):
         for worker in plan.machine_workers[machine]:
             for listener in worker.listeners:
-                expected = (
-                    ("127.0.0.1",) if listener.purpose == "metrics" else ("127.0.0.1", address)
-                )
+                expected = ("127.0.0.1", address)  # metrics too: Prometheus is on main
                 assert listener.bind_addresses == expected, (worker.name, listener.purpose)
 
 

@@ -158,18 +158,21 @@ def test_the_main_host_routes_and_lists_metrics_for_every_machine() -> None:
     assert "server 10.0.0.2:15000 " in nginx and "server 10.0.0.2:15001 " in nginx
     assert "server 127.0.0.1:8008 " in nginx  # main on its own machine
     assert "/etc/systemd/system/matrix-synapse.service" in state.files
-    # Metrics bind loopback by default: another machine's are out of Prometheus's reach.
-    targets = json.loads(state.files["/etc/prometheus/file_sd/synapse.json"].content)
-    assert [t["targets"] for t in targets] == [["127.0.0.1:9100"]]
-    exposed = machines(matrix_synapse_metrics_bind_addresses=["0.0.0.0"])
-    _, state = rendered(exposed, "main")
-    targets = json.loads(state.files["/etc/prometheus/file_sd/synapse.json"].content)
-    assert [t["targets"][0] for t in targets] == [
+    # Every metrics listener binds its machine's private address too: Prometheus on the main
+    # host scrapes the other machine's workers there, and main's own at loopback.
+    every_machine = [
         "127.0.0.1:9100",
         "10.0.0.2:25000",
         "10.0.0.2:25001",
         "10.0.0.2:30000",
     ]
+    for data in ({}, {"matrix_synapse_metrics_bind_addresses": ["0.0.0.0"]}):
+        _, state = rendered(machines(**data), "main")
+        targets = json.loads(state.files["/etc/prometheus/file_sd/synapse.json"].content)
+        assert [t["targets"][0] for t in targets] == every_machine, data
+    for worker in plan.machine_workers["w"]:
+        metrics = worker.listener("metrics")
+        assert metrics is not None and "10.0.0.2" in metrics.bind_addresses, worker.name
     assert state.readiness.redis.subscribers == 1
     config = redis_server_config(hosts["main"], plan)
     assert config is not None
