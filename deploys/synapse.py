@@ -13,7 +13,7 @@ from pyinfra.api.exceptions import PyinfraError
 from deploys.components.configure import configure_synapse
 from deploys.components.database import database
 from deploys.components.install import install
-from deploys.components.plan import host_plan
+from deploys.components.plan import host_plan, refuse_unsafe_limit
 from deploys.components.redis import redis_server
 from deploys.components.tls import tls_certificate
 from deploys.core.machines import claim_machine
@@ -28,6 +28,7 @@ try:
     claim_machine(host.name, host.get_fact(MachineId))
 except SettingsError as error:
     raise PyinfraError(f"{host.name}: {error}") from None
+refuse_unsafe_limit(planned)  # a --limit that leaves out a moved worker's old machine
 
 if settings.install.enabled and plan is not None:
     install(settings, shared=runs_main)

@@ -16,10 +16,17 @@ from dataclasses import dataclass
 from pyinfra import host, state
 from pyinfra.api.exceptions import PyinfraError
 
-from deploys.core.cluster import ClusterPlan, cluster_settings, plan_cluster, secret_problems
+from deploys.core.cluster import (
+    ClusterPlan,
+    cluster_settings,
+    limited_run_problem,
+    plan_cluster,
+    secret_problems,
+)
 from deploys.core.plan import WorkerPlan, build_plan
 from deploys.core.settings import Settings, SettingsError, parse_settings
 from deploys.core.settings.cluster import ROLE_MAIN
+from deploys.facts.cluster import RunningWorkers
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,20 @@ def _plan_cluster() -> tuple[dict[str, Settings], ClusterPlan] | PyinfraError:
     except SettingsError as error:
         return PyinfraError(f"{host.name}: {error}")
     return settings, cluster
+
+
+def refuse_unsafe_limit(planned: HostPlan) -> None:
+    """Stop the run, before any operation, when a ``--limit`` leaves out machines of this
+    host's cluster and this host would start a worker it does not run now (it may still run on
+    a machine left out: ``deploys.core.cluster.limited_run_problem``). Reads the running
+    workers only under such a limit, so an unlimited run keeps its round trips."""
+    cluster = planned.cluster
+    left_out = [h for h in cluster.roles if not state.is_host_in_limit(state.inventory.get_host(h))]
+    if planned.view is None or not left_out:
+        return
+    problem = limited_run_problem(cluster, host.name, host.get_fact(RunningWorkers), left_out)
+    if problem:
+        raise PyinfraError(problem)
 
 
 def settings_and_plan() -> tuple[Settings, WorkerPlan | None]:

@@ -343,6 +343,31 @@ def _host_rules(active: Mapping[str, Settings]) -> list[str]:
     return problems
 
 
+def limited_run_problem(
+    cluster: ClusterPlan, host: str, running: Iterable[str], left_out: Iterable[str]
+) -> str | None:
+    """Why ``host`` must not apply in a run that leaves out (``--limit``) the machines
+    ``left_out`` of its cluster, or None. Moved workers stop on their old machine only when it
+    is in the run, so a worker this machine would start (planned here, not ``running`` here
+    now) may still run on a machine left out: two processes of one name must never run at
+    once, so the run is refused. A run that starts nothing new here is safe."""
+    left = [h for h in cluster.roles if h in set(left_out) and h != host]
+    if not left:
+        return None
+    new = sorted({w.name for w in cluster.machine_workers.get(host, ())} - set(running))
+    if not new:
+        return None
+    shown = ", ".join(new[:MAX_NAME_PROBLEMS]) + (
+        f" and {len(new) - MAX_NAME_PROBLEMS} more" if len(new) > MAX_NAME_PROBLEMS else ""
+    )
+    return (
+        f"host {host}: would start {shown}, not running here now, while the run (--limit) "
+        f"leaves out {_hosts(left)} of the cluster {cluster.domain}, where they may still run; "
+        "two processes of one name must never run at once: run without --limit, or include "
+        "those hosts"
+    )
+
+
 def secret_problems(hosts: Mapping[str, Settings]) -> list[str]:
     """The secrets a cluster of more than one machine shares: the replication secret, the Redis
     password, the signing key, the macaroon and form secrets, given on every machine and the

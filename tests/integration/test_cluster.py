@@ -191,6 +191,13 @@ def test_three_machines_one_homeserver(tmp_path: Path, bridged_testhosts: Factor
     # Move generic-1 from the writers' machine to the senders' machine.
     shape[writers]["matrix_synapse_workers_generic_workers_count"] = 1
     shape[senders]["matrix_synapse_workers_generic_workers_count"] = 1
+    # A run limited to the new machine cannot stop it on the old one: refused, nothing started.
+    limited = deploy("-y", "--limit", senders.name)
+    assert limited.returncode != 0
+    assert f"host {senders.name}: would start generic-1, not running here now" in limited.output
+    assert f"leaves out hosts {main.name}, {writers.name}" in limited.output
+    assert "matrix-synapse-worker@generic-1.service" in active(writers)
+    assert "matrix-synapse-worker@generic-1.service" not in units(senders)
     moved = deploy("-y")
     assert moved.returncode == 0, moved.output[-5000:]
     unit = "matrix-synapse-worker@generic-1.service"

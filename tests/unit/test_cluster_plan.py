@@ -11,7 +11,13 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings as hyp_settings, strategies as st
 
-from deploys.core.cluster import ClusterPlan, clusters, plan_cluster, plan_inventory
+from deploys.core.cluster import (
+    ClusterPlan,
+    clusters,
+    limited_run_problem,
+    plan_cluster,
+    plan_inventory,
+)
 from deploys.core.plan import MAIN, build_plan
 from deploys.core.render import desired_state, paths_for
 from deploys.core.settings import Settings, SettingsError, parse_settings
@@ -685,3 +691,29 @@ def test_moving_workers_to_the_next_machine_moves_only_those(
     changed = {n for n in old if old[n] != new[n]}
     assert len(changed) == moved
     assert all(old[n][0] == f"m{source}" and new[n][0] == f"m{source + 1}" for n in changed)
+
+
+def test_a_limit_that_leaves_out_machines_refuses_to_start_a_worker_here() -> None:
+    plan = plan_cluster(three_machines())
+    running = names(plan, "gen")
+    # Everything it plans already runs here: a limited run is safe.
+    assert limited_run_problem(plan, "gen", running, ["main", "fed"]) is None
+    # No machine left out: nothing to fear, whatever starts.
+    assert limited_run_problem(plan, "gen", [], []) is None
+    assert limited_run_problem(plan, "gen", [], ["gen"]) is None
+    # A worker new here may still run on a machine the run leaves out.
+    problem = limited_run_problem(plan, "gen", running[1:], ["fed"])
+    assert problem is not None
+    assert problem.startswith(f"host gen: would start {running[0]}, not running here now")
+    assert "leaves out host fed of the cluster" in problem and "--limit" in problem
+    # Many new names are summarised, not all printed.
+    many = limited_run_problem(plan, "gen", [], ["main", "fed"])
+    assert many is not None and "hosts main, fed" in many
+    big = plan_cluster(
+        {
+            "main": main_host(),
+            "gen": workers_host("10.0.0.2", matrix_synapse_workers_generic_workers_count=25),
+        }
+    )
+    many = limited_run_problem(big, "gen", [], ["main"])
+    assert many is not None and many.count("generic-") == 10 and "and 15 more" in many
