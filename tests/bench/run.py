@@ -245,11 +245,16 @@ def run_pyinfra(
             stdout=output,
             stderr=subprocess.STDOUT,
         )
-        assert proc.stdin is not None
-        proc.stdin.write(b"\n")  # "Are you sure?" when there are changes
-        proc.stdin.close()
-        # wait4, not Popen.wait: it returns the child's own resource usage (peak RSS).
-        _, status, usage = os.wait4(proc.pid, 0)
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(b"\n")  # "Are you sure?" when there are changes
+            proc.stdin.close()
+            # wait4, not Popen.wait: it returns the child's own resource usage (peak RSS).
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:  # interrupted: no pyinfra left deploying to hosts being removed
+            proc.kill()
+            proc.wait()
+            raise
         seconds = time.monotonic() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
