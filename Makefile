@@ -19,8 +19,9 @@ demo: deps
 
 # Our deploy vs one pyinfra operation per file, 13 / 130 / 1,000 workers at 24 ms RTT, on
 # throwaway test hosts, one homeserver on 8 machines x 130, then a full restart under client load,
-# rolling vs all-at-once; prints two markdown tables (about 26 + 15 minutes; BENCH_ARGS=--quick:
-# ~8; "--restarts-only --quick": ~5; "--cluster-only --quick": ~2).
+# rolling vs all-at-once; prints two markdown tables (about 26 + 15 minutes before the cluster
+# rows, which add ~4 (3 runs) or ~1.5 (--quick); BENCH_ARGS=--quick: ~8 before them;
+# "--restarts-only --quick": ~5; "--cluster-only --quick": ~2).
 .PHONY: bench
 bench: deps
 	$(VENV)/bin/python -m tests.bench.run $(BENCH_ARGS)
