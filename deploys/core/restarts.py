@@ -4,7 +4,7 @@ class and the shared topology Synapse's coupling rules depend on. Pure: no pyinf
 from __future__ import annotations
 
 from deploys.core.processes import Process, WorkerPlan
-from deploys.core.render import paths_for
+from deploys.core.render import NGINX_UNIT, paths_for
 from deploys.core.settings import Settings
 from deploys.host.restarts import RestartSpec, Topology
 
@@ -30,11 +30,14 @@ def topology(plan: WorkerPlan) -> Topology:
 def restart_spec(settings: Settings, plan: WorkerPlan | None) -> RestartSpec:
     """The planner's inputs for ``plan``: strategy, batch size, classes, topology, whether main
     runs here (``plan`` None: a retired host, nothing runs)."""
+    runs_main = plan is not None and plan.runs_main
     return RestartSpec(
         strategy=settings.restarts.strategy,
         batch_percent=settings.restarts.batch_percent,
         classes={w.name: process_class(w) for w in plan.workers} if plan is not None else {},
         topology=topology(plan) if plan is not None else Topology(),
         topology_file=paths_for(settings).shared_workers,
-        runs_main=plan is not None and plan.runs_main,
+        runs_main=runs_main,
+        # A host that no longer runs main removes nginx's routing file: nginx must let it go.
+        reload_on_removal={} if runs_main else {settings.nginx.config_path: NGINX_UNIT},
     )

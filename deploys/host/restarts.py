@@ -39,7 +39,9 @@ Rules (Synapse reads its shared settings only at start; element-hq/synapse docs/
 - reloads (``Change.reloads``; ``EVERY_PROCESS`` there means every Synapse unit, e.g. for the
   log config) after the waves: a Synapse unit is reloaded (SIGHUP) only when it runs and no wave
   (re)started it, and one still starting (``activating``: no SIGHUP handler yet) is restarted
-  instead; another unit (nginx) is reloaded when active, started otherwise;
+  instead; another unit (nginx) is reloaded when active, started otherwise; a unit whose file
+  of ours was removed (``RestartSpec.reload_on_removal``: nginx on a host that no longer runs
+  main) is reloaded when active, never started;
 - nothing at all when nothing changed.
 """
 
@@ -93,6 +95,9 @@ class RestartSpec:
     # False on a cluster's workers host or a retired one: main runs on another machine, so it
     # is never started here (a main unit found running, e.g. on a former main host, is stale).
     runs_main: bool = True
+    # path -> unit reloaded (when active, never started) once that file of ours is removed:
+    # nginx's routing file on a host that no longer runs main, so nginx stops serving it.
+    reload_on_removal: dict[str, str] = field(default_factory=dict)
 
 
 def batch_size(class_size: int, percent: int) -> int:
@@ -413,8 +418,11 @@ def plan_restarts(
     if EVERY_PROCESS not in asked:
         synapse = [u for u in synapse if u in asked]
     others = sorted(u for u in asked - {EVERY_PROCESS} if not is_synapse(u))
+    removed = {spec.reload_on_removal[c.path] for c in changes if c.path in spec.reload_on_removal}
     reload = tuple(
-        u for u in (*synapse, *others) if state(u).active_state == "active" and u not in touched
+        u
+        for u in (*synapse, *others, *sorted(removed - set(others)))
+        if state(u).active_state == "active" and u not in touched
     )
     target = [TARGET_UNIT] if spec.runs_main or planned else []
     start_after = tuple(u for u in (*target, *others) if not state(u).active)

@@ -84,7 +84,7 @@ def apply_desired_state(
             restarts=restart_spec(settings, plan),
         )
     """
-    reloaded_units = reloaded(desired)
+    reloaded_units = reloaded(desired, restarts)
     host_state = host.get_fact(
         SynapseHostState,
         systemd_dir=systemd_dir,
@@ -130,10 +130,13 @@ def apply_desired_state(
     yield apply_command(archive(to_json(manifest), uploads), "host.apply")
 
 
-def reloaded(desired: DesiredState) -> list[str]:
-    """Units other than Synapse's reloaded (never restarted) when one of their files changes,
-    e.g. nginx."""
-    return sorted({u for f in desired.files.values() for u in f.reloads} - {EVERY_PROCESS})
+def reloaded(desired: DesiredState, restarts: RestartSpec | None = None) -> list[str]:
+    """Units other than Synapse's reloaded (never restarted) when one of their files changes or
+    is removed, e.g. nginx."""
+    units = {u for f in desired.files.values() for u in f.reloads} - {EVERY_PROCESS}
+    if restarts is not None:
+        units |= set(restarts.reload_on_removal.values())
+    return sorted(units)
 
 
 def fact_globs(desired: DesiredState) -> list[str]:
@@ -183,7 +186,7 @@ def build_manifest(
         changes=tuple(change_of(f) for f in desired.files.values()),
         systemd_dir=systemd_dir,
         planned_workers=tuple(planned_workers),
-        reloaded_units=tuple(reloaded(desired)),
+        reloaded_units=tuple(reloaded(desired, restarts)),
         shared_dirs=tuple(desired.shared_dirs),
         readiness=desired.readiness,
         drain=desired.drain,

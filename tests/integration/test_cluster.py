@@ -351,3 +351,43 @@ def test_a_machine_unreachable_or_main_failing_leaves_the_others_unchanged(
     large = pyinfra(tmp_path, inventory)
     for host, commands in ((main, 7), (workers, 5)):
         assert_no_changes(large, host.name, commands=commands)
+
+
+def test_a_host_that_no_longer_runs_main_lets_go_of_nginx(
+    tmp_path: Path, bridged_testhosts: Factory
+) -> None:
+    first, second = bridged_testhosts(2, names=["hs-first.test", "hs-second.test"])
+    for host in (first, second):
+        install_standin(host)
+
+    def deploy(shape: dict[TestHost, dict[str, Any]], *args: str) -> Any:
+        inventory = write_inventory(tmp_path / "inventory.py", list(shape.items()))
+        return pyinfra(tmp_path, inventory, *args)
+
+    def listening(host: TestHost, port: int) -> bool:
+        return bool(host.ssh(f"ss -ltnH 'sport = :{port}'").stdout.strip())
+
+    before = {first: machine(first, "main"), second: machine(second, "workers", generic=2)}
+    assert (run := deploy(before, "-y")).returncode == 0, run.output[-5000:]
+    routing = first.ssh("cat /etc/nginx/conf.d/matrix-synapse-workers.conf").stdout
+    port = int(routing.split("listen ", 1)[1].split(";")[0].rsplit(":", 1)[1].split()[0])
+    master = first.ssh("systemctl show -P MainPID nginx.service").stdout.strip()
+    assert listening(first, port)
+
+    # The main role moves to the second machine (the generic workers with it).
+    after = {first: machine(first, "workers"), second: machine(second, "main", generic=2)}
+    assert (run := deploy(after, "-y")).returncode == 0, run.output[-5000:]
+    assert second.ssh("test -f /etc/nginx/conf.d/matrix-synapse-workers.conf").returncode == 0
+    status, upstream, _ = http_get(second, f"http://127.0.0.1:{port}/_matrix/client/v3/sync")
+    assert (status, upstream) == (200, "synapse_generic")
+    # The former main removed its routing file and nginx let it go: reloaded (same master),
+    # no longer serving the homeserver, and not started anew.
+    assert first.ssh(
+        "test -e /etc/nginx/conf.d/matrix-synapse-workers.conf", check=False
+    ).returncode
+    assert first.ssh("systemctl show -P MainPID nginx.service").stdout.strip() == master
+    assert not listening(first, port)
+    assert "matrix-synapse.service" not in active(first)
+    again = deploy(after)
+    for host in (first, second):
+        assert_no_changes(again, host.name, commands=None)

@@ -34,6 +34,7 @@ from deploys.host.units import (
     TARGET_UNIT,
     Change,
     UnitState,
+    stale_change,
     worker_unit,
 )
 from tests.support.settings_data import make_data
@@ -456,6 +457,23 @@ def test_nginx_is_reloaded_after_the_waves_when_running_and_started_otherwise() 
     stopped = plan([change], spec, workers, units=units)
     assert stopped.commands() == [["systemctl", "start", NGINX]]
     assert stopped.after_ready_units() == [NGINX]
+
+
+def test_nginx_lets_go_of_its_removed_file_on_a_host_that_no_longer_runs_main() -> None:
+    settings = parse_settings(make_data(matrix_synapse_workers_enabled=True))
+    spec = restart_spec(settings, None)  # a retired host; a workers host is the same here
+    routing = settings.nginx.config_path
+    assert spec.reload_on_removal == {routing: NGINX}
+    removed = stale_change(routing, "/etc/systemd/system")
+    up = {NGINX: UP}
+    assert plan([removed], spec, [], units=up).commands() == [["systemctl", "reload", NGINX]]
+    # Reloaded only if it runs: a stopped nginx is not started for a file it no longer has.
+    assert plan([removed], spec, [], units={}).commands() == []
+    # The host that runs main keeps nginx's file: no such rule there.
+    main_spec, _ = generic(1)
+    assert main_spec.reload_on_removal == {}
+    other = stale_change("/etc/matrix-synapse/workers/generic-9.yaml", "/etc/systemd/system")
+    assert NGINX not in str(plan([other], spec, [], units=up).commands())
 
 
 def test_a_synapse_reload_is_a_sighup_only_for_processes_no_wave_restarts() -> None:
