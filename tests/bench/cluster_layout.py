@@ -18,18 +18,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from tests.support.settings_data import CLUSTER_SECRETS as SECRETS
+
 MACHINES = 8
 WORKERS_PER_MACHINE = 130
 DOMAIN = "cluster.example.org"
 
 # The secrets every machine of a cluster shares (README, "Several machines"); test values.
-SECRETS = {
-    "matrix_synapse_worker_replication_secret": "bench-replication-secret-0123456789-abcdef",
-    "matrix_synapse_redis_password": "bench-redis-password-0123456789",
-    "matrix_synapse_signing_key": "ed25519 a_bench W1MZ5KJrgBLX0km6BG4yXqDsReuCjglSBN0c8OQ3qr0",
-    "matrix_synapse_macaroon_secret_key": "bench-macaroon-secret-0123456789-abcdefgh",
-    "matrix_synapse_form_secret": "bench-form-secret-0123456789-abcdefghijklm",
-}
 WORKERS_HOST_COUNTS = {
     "generic": 100,
     "federation_sender": 10,

@@ -15,19 +15,12 @@ import yaml
 
 from tests.e2e.test_synapse_cluster import register
 from tests.support.deploying import assert_no_changes, pyinfra, write_inventory
-from tests.support.matrix_client import Client
+from tests.support.matrix_client import Client, assert_writes_reach_their_workers
+from tests.support.settings_data import CLUSTER_SECRETS as SECRETS
 from tests.support.synapse_tree import E2E_SETTINGS, ensure_synapse_tree
 from tests.support.testhost import TestHost
 
 pytestmark = pytest.mark.integration
-
-SECRETS = {
-    "matrix_synapse_worker_replication_secret": "replication-secret-0123456789-abcdefghij",
-    "matrix_synapse_redis_password": "redis-password-0123456789",
-    "matrix_synapse_signing_key": "ed25519 a_test W1MZ5KJrgBLX0km6BG4yXqDsReuCjglSBN0c8OQ3qr0",
-    "matrix_synapse_macaroon_secret_key": "macaroon-secret-0123456789-abcdefghijkl",
-    "matrix_synapse_form_secret": "form-secret-0123456789-abcdefghijklmnop",
-}
 
 
 def machine(host: TestHost, role: str, **counts: int) -> dict[str, Any]:
@@ -104,24 +97,7 @@ def test_a_real_homeserver_on_three_machines(tmp_path: Path, bridged_testhosts: 
     ), messages
     sync = client("GET", "/_matrix/client/v3/sync?timeout=0")
     assert sync["status"] == 200 and room_id in sync["body"]["rooms"]["join"]
-    typing = client(
-        "PUT",
-        f"/_matrix/client/v3/rooms/{room_id}/typing/@alice:example.org",
-        {"typing": True, "timeout": 3000},
-    )
-    assert (typing["status"], typing["upstream"]) == (200, "synapse_stream_typing"), typing
-    to_device = client(
-        "PUT", f"/_matrix/client/v3/sendToDevice/m.test/{uuid.uuid4().hex}", {"messages": {}}
-    )
-    assert (to_device["status"], to_device["upstream"]) == (200, "synapse_stream_to_device")
-    rule = client(
-        "PUT",
-        "/_matrix/client/v3/pushrules/global/override/my.rule",
-        {"actions": ["dont_notify"], "conditions": []},
-    )
-    assert (rule["status"], rule["upstream"]) == (200, "synapse_stream_push_rules"), rule
-    media = client("GET", "/_matrix/client/v1/media/config")
-    assert (media["status"], media["upstream"]) == (200, "synapse_media"), media
+    assert_writes_reach_their_workers(client, room_id, "@alice:example.org")
 
     # The replication listener on another machine refuses a request without the secret.
     shared = yaml.safe_load(writers.ssh("cat /etc/matrix-synapse/conf.d/workers.yaml").stdout)

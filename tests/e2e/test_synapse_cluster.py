@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.support.deploying import assert_no_changes, main_pids, pyinfra, write_inventory
-from tests.support.matrix_client import Client
+from tests.support.matrix_client import Client, assert_writes_reach_their_workers
 from tests.support.synapse_tree import E2E_SETTINGS, ensure_synapse_tree
 from tests.support.testhost import TestHost
 from tests.support.verifying import assert_verify_passes_with_live_checks
@@ -94,24 +94,7 @@ def test_one_of_each_cluster_serves_and_routes(
     sync = client("GET", "/_matrix/client/v3/sync?timeout=0")
     assert sync["status"] == 200 and room_id in sync["body"]["rooms"]["join"]
 
-    typing = client(
-        "PUT",
-        f"/_matrix/client/v3/rooms/{room_id}/typing/@alice:example.org",
-        {"typing": True, "timeout": 3000},
-    )
-    assert (typing["status"], typing["upstream"]) == (200, "synapse_stream_typing"), typing
-    to_device = client(
-        "PUT", f"/_matrix/client/v3/sendToDevice/m.test/{uuid.uuid4().hex}", {"messages": {}}
-    )
-    assert (to_device["status"], to_device["upstream"]) == (200, "synapse_stream_to_device")
-    rule = client(
-        "PUT",
-        "/_matrix/client/v3/pushrules/global/override/my.rule",
-        {"actions": ["dont_notify"], "conditions": []},
-    )
-    assert (rule["status"], rule["upstream"]) == (200, "synapse_stream_push_rules"), rule
-    media = client("GET", "/_matrix/client/v1/media/config")
-    assert (media["status"], media["upstream"]) == (200, "synapse_media"), media
+    assert_writes_reach_their_workers(client, room_id, "@alice:example.org")
     logout_like = client("GET", "/_matrix/client/v3/pushers")
     assert logout_like["upstream"] == "synapse_main"
 

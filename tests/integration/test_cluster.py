@@ -24,19 +24,13 @@ from tests.support.deploying import (
     pyinfra,
     write_inventory,
 )
+from tests.support.settings_data import CLUSTER_SECRETS as SECRETS
 from tests.support.synapse_tree import E2E_SETTINGS, ensure_synapse_tree
 from tests.support.testhost import TestHost
 
 pytestmark = pytest.mark.integration
 
 Factory = Callable[..., list[TestHost]]
-SECRETS = {
-    "matrix_synapse_worker_replication_secret": "replication-secret-0123456789-abcdefghij",
-    "matrix_synapse_redis_password": "redis-password-0123456789",
-    "matrix_synapse_signing_key": "ed25519 a_test W1MZ5KJrgBLX0km6BG4yXqDsReuCjglSBN0c8OQ3qr0",
-    "matrix_synapse_macaroon_secret_key": "macaroon-secret-0123456789-abcdefghijkl",
-    "matrix_synapse_form_secret": "form-secret-0123456789-abcdefghijklmnop",
-}
 WORKERS_ON = {"matrix_synapse_workers_enabled": True, **SECRETS}
 # No worker unless a count says so (the preset's federation sender is set to 0).
 NONE = {

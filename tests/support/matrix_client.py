@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import uuid
 from typing import Any
 
 from tests.support.testhost import TestHost
@@ -54,3 +55,26 @@ def guest_request(
     )
     answer["upstream"] = answer["headers"].get("X-Synapse-Upstream")
     return answer
+
+
+def assert_writes_reach_their_workers(client: Client, room_id: str, user_id: str) -> None:
+    """Typing, to-device and push-rule writes each answered by their stream writer, and media
+    by the media worker, through nginx, for the logged-in ``user_id`` in ``room_id``."""
+    typing = client(
+        "PUT",
+        f"/_matrix/client/v3/rooms/{room_id}/typing/{user_id}",
+        {"typing": True, "timeout": 3000},
+    )
+    assert (typing["status"], typing["upstream"]) == (200, "synapse_stream_typing"), typing
+    to_device = client(
+        "PUT", f"/_matrix/client/v3/sendToDevice/m.test/{uuid.uuid4().hex}", {"messages": {}}
+    )
+    assert (to_device["status"], to_device["upstream"]) == (200, "synapse_stream_to_device")
+    rule = client(
+        "PUT",
+        "/_matrix/client/v3/pushrules/global/override/my.rule",
+        {"actions": ["dont_notify"], "conditions": []},
+    )
+    assert (rule["status"], rule["upstream"]) == (200, "synapse_stream_push_rules"), rule
+    media = client("GET", "/_matrix/client/v1/media/config")
+    assert (media["status"], media["upstream"]) == (200, "synapse_media"), media

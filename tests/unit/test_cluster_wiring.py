@@ -19,15 +19,8 @@ from deploys.core.restarts import restart_spec
 from deploys.core.settings import REPO_ROOT, Settings, parse_settings
 from deploys.host.restarts import plan_restarts
 from deploys.host.units import MAIN_UNIT, TARGET_UNIT, Change, UnitState, worker_unit
-from tests.support.settings_data import make_data
+from tests.support.settings_data import CLUSTER_SECRETS as SECRETS, make_data
 
-SECRETS = {
-    "matrix_synapse_worker_replication_secret": "r" * 40,
-    "matrix_synapse_redis_password": "redis-password-0123",
-    "matrix_synapse_signing_key": "ed25519 a_test W1MZ5KJrgBLX0km6BG4yXqDsReuCjglSBN0c8OQ3qr0",
-    "matrix_synapse_macaroon_secret_key": "macaroon-secret-0123456789-abcdefghijkl",
-    "matrix_synapse_form_secret": "form-secret-0123456789-abcdefghijklmnop",
-}
 NO_WORKERS = {
     "matrix_synapse_workers_enabled": True,
     "matrix_synapse_workers_preset": "little-federation-helper",
